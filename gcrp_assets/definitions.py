@@ -1,0 +1,47 @@
+"""The code location: every asset, check and resource of gcrp_assets.
+
+Environment (read when the code location loads):
+  GCRP_INBOX       folder of dumps (default: the sample corpus shipped in the package)
+  GCRP_ARTIFACTS   artifact root (default: ./artifacts)
+  GCRP_BASE_MODEL  local Hugging Face model directory (default: the embedded SmolLM2-135M-Instruct)
+"""
+
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from gcrp_assets.defs.data_stages import augmented_prompts, filtered_threads, raw_threads, tokenized_parquet
+from gcrp_assets.defs.evaluation import eval_report
+from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource, DumpInbox, packaged_inbox
+from gcrp_assets.defs.training import base_model, lora_checkpoint
+
+# Offline by design: weights and tokenizers come from local files, never from a hub.
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ALL_ASSETS = [raw_threads, filtered_threads, augmented_prompts, tokenized_parquet, base_model, lora_checkpoint,
+              eval_report]
+
+
+def default_resources() -> dict:
+    return {
+        "inbox": DumpInbox(path=os.environ.get("GCRP_INBOX") or str(packaged_inbox())),
+        "store": ArtifactStore(root=str(Path(os.environ.get("GCRP_ARTIFACTS", "artifacts")).resolve())),
+        "base": BaseModelSource(hf_model_dir=os.environ.get("GCRP_BASE_MODEL", "")),
+        "pipes": dg.PipesSubprocessClient(),
+    }
+
+
+gcrp_chain = dg.define_asset_job("gcrp_chain", selection=dg.AssetSelection.all(),
+                                 description="The whole chain: dumps to an eval report.")
+
+defs = dg.Definitions(
+    assets=ALL_ASSETS,
+    jobs=[gcrp_chain],
+    resources=default_resources(),
+    # Stages run one after another; one process avoids re-importing torch/peft for every step.
+    executor=dg.in_process_executor,
+)

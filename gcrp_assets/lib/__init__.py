@@ -1,0 +1,1 @@
+"""Plain, Dagster-free building blocks: parsing, cleaning, formatting, tokenizing, metrics."""

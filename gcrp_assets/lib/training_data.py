@@ -1,0 +1,29 @@
+"""Tokenized rows to padded training batches (plain torch, no Dagster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from gcrp_assets.lib.tokenization import IGNORE
+
+
+def load_split(path: Path, split: str) -> list[dict]:
+    table = pq.read_table(path, columns=["sample_id", "window", "split", "input_ids", "labels", "n_trained"])
+    return [row for row in table.to_pylist() if row["split"] == split]
+
+
+def collate(rows: list[dict], pad_id: int) -> dict:
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        input_ids[i, :n] = torch.tensor(row["input_ids"], dtype=torch.long)
+        labels[i, :n] = torch.tensor(row["labels"], dtype=torch.long)
+        attention[i, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}

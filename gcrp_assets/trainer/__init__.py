@@ -1,0 +1,1 @@
+"""Out-of-process trainer, launched through Dagster Pipes. Imports dagster-pipes, never dagster."""

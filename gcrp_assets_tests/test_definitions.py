@@ -1,0 +1,43 @@
+"""The code location loads the way users load it, and the trainer stays free of Dagster."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from gcrp_assets.definitions import defs
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_six_stage_chain_plus_base_model_in_order():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"raw_threads", "filtered_threads", "augmented_prompts", "tokenized_parquet", "lora_checkpoint",
+                    "eval_report", "base_model"}
+    parents = lambda k: {p.to_user_string() for p in graph.get(dg.AssetKey(k)).parent_keys}
+    assert parents("filtered_threads") == {"raw_threads"}
+    assert parents("augmented_prompts") == {"filtered_threads"}
+    assert parents("tokenized_parquet") == {"augmented_prompts", "base_model"}
+    assert parents("lora_checkpoint") == {"tokenized_parquet", "base_model"}
+    assert "lora_checkpoint" in parents("eval_report")
+    for key in keys:
+        assert graph.get(dg.AssetKey(key)).description, f"{key} has no description"
+
+
+def test_workspace_and_dg_project_load(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    for command in ([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+                    [str(BIN / "dg"), "check", "defs"]):
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_trainer_imports_dagster_pipes_but_not_dagster():
+    code = ("import sys, gcrp_assets.trainer.train as t; "
+            "bad = [m for m in sys.modules if m == 'dagster' or m.startswith('dagster.')]; "
+            "assert not bad, bad; assert 'dagster_pipes' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
