@@ -22,7 +22,7 @@ class PromptConfig(dg.Config):
 
 class TokenizeConfig(dg.Config):
     format: str = Field("inst", description="Prompt format: 'inst' (12B [INST]role), 'chatml', 'herrsimian' (::::).")
-    max_length: int = Field(1024, description="Maximum tokens per sample; longer threads become windows.")
+    max_length: int = Field(2048, description="Maximum tokens per sample; longer threads become windows.")
     eval_fraction: float = Field(0.15, description="Share of threads held out for evaluation.")
     min_eval_threads: int = Field(4, description="Hold out at least this many threads.")
     split_seed: int = Field(0, description="Seed of the thread-level train/eval split.")
@@ -38,11 +38,15 @@ class LoraConfig(dg.Config):
     warmup_steps: int = Field(2, description="Linear warm-up steps.")
     weight_decay: float = Field(0.0, description="AdamW weight decay.")
     num_epochs: float = Field(1.0, description="Epochs over the train split (ignored when max_steps > 0).")
-    max_steps: int = Field(24, description="Optimizer steps; 0 = use num_epochs.")
-    batch_size: int = Field(2, description="Per-device micro-batch size.")
+    max_steps: int = Field(20, description="Optimizer steps; 0 = use num_epochs.")
+    batch_size: int = Field(1, description="Per-device micro-batch size.")
     gradient_accumulation_steps: int = Field(1, description="Micro-batches per optimizer step.")
-    max_length: int = Field(1024, description="Refuse samples longer than this (tokenized_parquet splits to fit).")
-    logging_steps: int = Field(4, description="Log train loss and run eval every this many steps.")
+    max_length: int = Field(2048, description="Refuse samples longer than this (tokenized_parquet splits to fit).")
+    logging_steps: int = Field(5, description="Log the train loss every this many steps.")
+    eval_steps: int = Field(10, description="Log the eval loss every this many steps (and at step 0 = the base "
+                                            "model); 0 = only at the start and the end.")
+    eval_rows_in_training: int = Field(4, description="Eval rows scored during training (0 = all); eval_report "
+                                                      "always scores the whole eval split.")
     seed: int = Field(0, description="Training seed.")
     precision: str = Field("auto", description="'auto' (bf16 where the hardware has it), 'bf16', 'fp16', 'fp32'.")
     launcher: str = Field("python", description="'python' (one process) or 'torchrun'.")
@@ -51,6 +55,9 @@ class LoraConfig(dg.Config):
 
 
 class EvalConfig(dg.Config):
-    batch_size: int = Field(4, description="Batch size of the teacher-forced loss pass.")
+    batch_size: int = Field(1, description="Batch size of the teacher-forced loss pass.")
+    precision: str = Field("auto", description="'auto' (bf16 where the hardware has it), 'bf16' or 'fp32'; "
+                                               "both arms always use the same.")
+    max_prompt_tokens: int = Field(1536, description="Longest held-out context a generation starts from.")
     max_generations: int = Field(4, description="Held-out contexts to generate replies for.")
     max_new_tokens: int = Field(48, description="Greedy tokens per generated reply.")

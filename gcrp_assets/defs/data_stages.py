@@ -202,8 +202,6 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig, s
 def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig, store: ArtifactStore) -> dg.MaterializeResult:
     """Samples rendered in the chosen prompt format, tokenized once with the base model's tokenizer, labels
     masked to model turns (or all text for raw-text formats), split into train/eval by thread."""
-    from transformers import AutoTokenizer
-
     samples_up = upstream(context, "augmented_prompts")
     model_up = upstream(context, "base_model")
     fmt = get_format(config.format)
@@ -211,6 +209,8 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
               "base_model": model_up.data_version}
 
     def build(folder: Path) -> dict:
+        from transformers import AutoTokenizer  # imported here: a reused artifact needs no tokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(model_up.path)
         samples = read_rows(samples_up.path / "samples.parquet")
         splits = assign_splits([s["thread_key"] for s in samples], config.eval_fraction,

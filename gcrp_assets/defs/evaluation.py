@@ -12,10 +12,12 @@ from gcrp_assets.defs.resources import ArtifactStore
 from gcrp_assets.lib import evaluation as ev
 from gcrp_assets.lib.formats import get_format
 from gcrp_assets.lib.parquet import read_rows
+from gcrp_assets.lib.precision import autocast, resolve_precision
 from gcrp_assets.lib.tables import clip, md_table
 from gcrp_assets.lib.training_data import load_split
 
-EVAL_CODE = code_version("lib/evaluation.py", "lib/formats.py", "lib/training_data.py", "defs/evaluation.py")
+EVAL_CODE = code_version("lib/evaluation.py", "lib/formats.py", "lib/training_data.py", "lib/precision.py",
+                         "defs/evaluation.py")
 
 
 def _report_markdown(summary: dict, cases: list[dict]) -> str:
@@ -26,7 +28,7 @@ def _report_markdown(summary: dict, cases: list[dict]) -> str:
         f"- base model: `{s['base_model_path']}` (data version `{s['base_model_version']}`)",
         f"- adapter: `{s['adapter_path']}` (data version `{s['adapter_version']}`)",
         f"- eval split: {s['eval_rows']} rows from {s['eval_threads']} held-out threads, "
-        f"{s['eval_trained_tokens']} model-turn tokens; format `{s['format']}`",
+        f"{s['eval_trained_tokens']} model-turn tokens; format `{s['format']}`; precision {s['precision']}",
         "",
         "## Headline",
         "",
@@ -88,25 +90,27 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, store: Ar
                                           adapter.path)
         model.eval()
 
+        precision = resolve_precision(config.precision)
         rows = load_split(data.path / "tokenized.parquet", "eval")
         if not rows:
             raise dg.Failure(f"{data.path}: the eval split is empty; raise eval_fraction or min_eval_threads")
         eval_ids = {r["sample_id"] for r in rows}
         samples = [s for s in read_rows(samples_up.path / "samples.parquet") if s["sample_id"] in eval_ids]
-        context.log.info(f"scoring {len(rows)} eval rows with and without the adapter")
-        adapter_nll = ev.per_row_nll(model, rows, pad_id, config.batch_size)
-        with model.disable_adapter():
-            base_nll = ev.per_row_nll(model, rows, pad_id, config.batch_size)
+        context.log.info(f"scoring {len(rows)} eval rows with and without the adapter ({precision})")
+        with autocast(precision):
+            adapter_nll = ev.per_row_nll(model, rows, pad_id, config.batch_size)
+            with model.disable_adapter():
+                base_nll = ev.per_row_nll(model, rows, pad_id, config.batch_size)
         base_loss, adapter_loss = ev.totals(base_nll), ev.totals(adapter_nll)
 
-        max_prompt = training["hyperparameters"]["max_length"] - config.max_new_tokens
-        cases = ev.generation_cases(samples, fmt, tokenizer, max_prompt, config.max_generations)
+        cases = ev.generation_cases(samples, fmt, tokenizer, config.max_prompt_tokens, config.max_generations)
         context.log.info(f"generating {len(cases)} greedy replies per arm")
         case_rows = []
         for case in cases:
-            with_adapter = ev.generate(model, tokenizer, case.prompt, config.max_new_tokens)
-            with model.disable_adapter():
-                without = ev.generate(model, tokenizer, case.prompt, config.max_new_tokens)
+            with autocast(precision):
+                with_adapter = ev.generate(model, tokenizer, case.prompt, config.max_new_tokens)
+                with model.disable_adapter():
+                    without = ev.generate(model, tokenizer, case.prompt, config.max_new_tokens)
             case_rows.append({
                 "thread_key": case.thread_key, "speaker": case.speaker, "user_character": case.user_character,
                 "context_tail": case.prompt[-400:], "human": case.human_reply,
@@ -118,7 +122,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, store: Ar
         n = len(case_rows)
         rate = lambda key: (sum(c[key] for c in case_rows) / n) if n else float("nan")
         summary = {
-            "format": fmt.name,
+            "format": fmt.name, "precision": precision,
             "base_model_path": str(base.path), "base_model_version": base.data_version,
             "adapter_path": str(adapter.path), "adapter_version": adapter.data_version,
             "eval_rows": len(rows), "eval_threads": len({r["thread_key"] for r in samples}),

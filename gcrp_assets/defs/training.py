@@ -17,9 +17,9 @@ from gcrp_assets.lib.hashing import sha256_file, sha256_json, sha256_tree, short
 
 BASE_MODEL_CODE = code_version("lib/base_model.py")
 TRAINER_CODE = code_version("trainer/*.py", "lib/training_data.py", "lib/formats.py", "lib/plots.py",
-                            "lib/tokenization.py")
+                            "lib/tokenization.py", "lib/precision.py")
 # Settings that change how training runs, not what it produces; kept out of the fingerprint.
-_NOT_FINGERPRINTED = {"force", "launcher", "nproc_per_node", "logging_steps"}
+_NOT_FINGERPRINTED = {"force", "launcher", "nproc_per_node", "logging_steps", "eval_steps", "eval_rows_in_training"}
 
 
 def _model_summary(folder: Path) -> dict:
@@ -98,7 +98,9 @@ def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store
     shutil.rmtree(folder, ignore_errors=True)
     extras = {"data_path": str(data.path / "tokenized.parquet"), "base_model_dir": str(model.path),
               "output_dir": str(folder), "fingerprint": fingerprint, "format": fmt,
-              "hyperparameters": {**hyperparameters, "logging_steps": config.logging_steps}}
+              "hyperparameters": {**hyperparameters, "logging_steps": config.logging_steps,
+                                  "eval_steps": config.eval_steps,
+                                  "eval_rows_in_training": config.eval_rows_in_training}}
     env = {"GCRP_TRAIN_EXTRAS": json.dumps(extras), "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1", **{k: v for k, v in os.environ.items() if k.startswith(("HF_", "OMP_", "CUDA_"))}}
     invocation = pipes.run(context=context, command=trainer_command(config), extras=extras, env=env)

@@ -40,17 +40,27 @@ def per_row_nll(model, rows: list[dict], pad_id: int, batch_size: int = 4) -> li
 
     out: list[tuple[float, int]] = []
     model.eval()
+    backbone, head = _backbone_and_head(model)
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
             batch = collate(rows[i:i + batch_size], pad_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            shift_logits = logits[:, :-1, :]
-            shift_labels = batch["labels"][:, 1:]
-            nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE, reduction="none")
-            mask = shift_labels != IGNORE
-            for j in range(nll.shape[0]):
-                out.append((float(nll[j][mask[j]].sum()), int(mask[j].sum())))
+            hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            targets = batch["labels"][:, 1:]
+            mask = targets != IGNORE
+            # The vocabulary projection only where a label is scored: most tokens are masked context,
+            # and the 49k-wide logits of every position would dominate time and memory.
+            logits = head(hidden[:, :-1, :][mask]).float()
+            nll = F.cross_entropy(logits, targets[mask], reduction="none")
+            row_of = mask.nonzero()[:, 0]
+            for j in range(mask.shape[0]):
+                out.append((float(nll[row_of == j].sum()), int(mask[j].sum())))
     return out
+
+
+def _backbone_and_head(model):
+    """The decoder stack and the LM head of a (PEFT-wrapped) causal LM; LoRA layers stay in place."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
 
 
 def totals(pairs: list[tuple[float, int]]) -> LossTotals:

@@ -42,6 +42,7 @@ def run(pipes: PipesContext | None) -> None:
     from gcrp_assets.lib.formats import chat_template, get_format
     from gcrp_assets.lib.hashing import sha256_file
     from gcrp_assets.lib.plots import loss_curve_png, markdown_image
+    from gcrp_assets.lib.precision import resolve_precision
     from gcrp_assets.lib.training_data import collate, load_split
 
     log = pipes.log if pipes else _RankLogger()
@@ -54,16 +55,16 @@ def run(pipes: PipesContext | None) -> None:
 
     # 1. Device and precision. A GPU-only request on a CPU machine fails here, not deep in a library.
     has_cuda = torch.cuda.is_available()
-    precision = hp["precision"]
-    if precision == "auto":
-        precision = "bf16" if (has_cuda and torch.cuda.is_bf16_supported()) or _cpu_has_bf16() else "fp32"
-    if precision == "fp16" and not has_cuda:
-        raise SystemExit("precision 'fp16' needs a CUDA GPU; use 'bf16', 'fp32' or 'auto' on a CPU")
+    precision = resolve_precision(hp["precision"])
     torch.manual_seed(hp["seed"])
 
     # 2. Data: pre-tokenized rows, labels already masked by the tokenized_parquet stage.
     train_rows = load_split(data_path, "train")
     eval_rows = load_split(data_path, "eval")
+    if hp["eval_rows_in_training"] > 0:
+        # An evenly spread, fixed subset keeps the in-training curve cheap; eval_report scores every row.
+        step = max(len(eval_rows) // hp["eval_rows_in_training"], 1)
+        eval_rows = eval_rows[::step][: hp["eval_rows_in_training"]]
     if not train_rows:
         raise SystemExit(f"{data_path}: no rows in the train split")
     longest = max(len(r["input_ids"]) for r in train_rows + eval_rows)
@@ -108,7 +109,7 @@ def run(pipes: PipesContext | None) -> None:
         weight_decay=hp["weight_decay"],
         logging_steps=hp["logging_steps"],
         eval_strategy="steps" if eval_rows else "no",
-        eval_steps=hp["logging_steps"],
+        eval_steps=hp["eval_steps"] or (hp["max_steps"] if hp["max_steps"] > 0 else None),
         eval_on_start=bool(eval_rows),  # step 0 eval = the base model (LoRA B starts at zero)
         save_strategy="no",
         report_to=[],
@@ -204,13 +205,6 @@ def _loss_table(history: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = handle.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
 
 
 def main() -> None:

@@ -1,0 +1,152 @@
+"""The whole chain materialized in a real Dagster instance, on a tiny random model with the real tokenizer."""
+
+import json
+import math
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+from gcrp_assets.defs.configs import EvalConfig, LoraConfig, TokenizeConfig
+from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource, DumpInbox, packaged_inbox
+from gcrp_assets.definitions import ALL_ASSETS
+from gcrp_assets.lib.formats import get_format, render
+from gcrp_assets.lib.tokenization import IGNORE
+
+pytestmark = pytest.mark.e2e
+
+DATA_ASSETS = ["raw_threads", "filtered_threads", "augmented_prompts", "tokenized_parquet", "base_model"]
+
+
+def _resources(root, model_dir, inbox=None):
+    return {"inbox": DumpInbox(path=str(inbox or packaged_inbox())), "store": ArtifactStore(root=str(root)),
+            "base": BaseModelSource(hf_model_dir=str(model_dir)), "pipes": dg.PipesSubprocessClient()}
+
+
+RUN_CONFIG = dg.RunConfig(ops={
+    "tokenized_parquet": TokenizeConfig(max_length=2048),
+    "lora_checkpoint": LoraConfig(max_steps=6, batch_size=2, learning_rate=1e-2, max_length=2048, logging_steps=2,
+                                  precision="fp32", warmup_steps=0, lr_scheduler="constant"),
+    "eval_report": EvalConfig(max_generations=2, max_new_tokens=12, precision="fp32", max_prompt_tokens=1536),
+})
+
+
+def _metadata(instance, key):
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("artifacts")
+    home = tmp_path_factory.mktemp("dagster_home")
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        result = dg.materialize(ALL_ASSETS, resources=_resources(root, tiny_model_dir), instance=instance,
+                                run_config=RUN_CONFIG)
+        yield result, instance, root
+
+
+def test_every_asset_materializes_and_every_check_passes(chain):
+    result, instance, _ = chain
+    assert result.success
+    keys = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
+    assert keys == {"raw_threads", "filtered_threads", "augmented_prompts", "tokenized_parquet", "base_model",
+                    "lora_checkpoint", "eval_report"}
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 7 and all(c.passed for c in checks), [(c.check_name, c.passed) for c in checks]
+
+
+def test_counts_add_up_and_rejects_are_recorded(chain):
+    _, instance, _ = chain
+    raw = _metadata(instance, "raw_threads")
+    assert raw["threads"] + raw["rejected_lines"] == raw["lines"] and raw["rejected_lines"] >= 2
+    rejects = pq.read_table(raw["path"] + "/rejects.parquet").to_pylist()
+    assert all(r["dump"] and r["line"] > 0 and f"{r['dump']}:{r['line']}" in r["detail"] for r in rejects)
+    filtered = _metadata(instance, "filtered_threads")
+    assert filtered["threads_in"] == raw["threads"]
+    assert filtered["threads_kept"] + filtered["threads_rejected"] == filtered["threads_in"]
+    assert filtered["threads_kept"] >= 30 and filtered["threads_rejected"] >= 6
+    reasons = {r["reason"] for r in pq.read_table(filtered["path"] + "/rejects.parquet").to_pylist()}
+    assert {"too_few_turns", "too_few_characters", "too_many_characters"} <= reasons
+    samples = _metadata(instance, "augmented_prompts")
+    assert samples["samples"] == filtered["threads_kept"]
+
+
+def test_trained_labels_decode_to_exactly_the_model_turns(chain, smol_tokenizer):
+    _, instance, _ = chain
+    tokenized = _metadata(instance, "tokenized_parquet")
+    rows = pq.read_table(tokenized["path"] + "/tokenized.parquet").to_pylist()
+    samples = {s["sample_id"]: s for s in
+               pq.read_table(_metadata(instance, "augmented_prompts")["path"] + "/samples.parquet").to_pylist()}
+    fmt = get_format("inst")
+    assert {r["split"] for r in rows} == {"train", "eval"}
+    eval_threads = {r["thread_key"] for r in rows if r["split"] == "eval"}
+    assert not eval_threads & {r["thread_key"] for r in rows if r["split"] == "train"}
+    for row in rows:
+        sample = samples[row["sample_id"]]
+        trained = [t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE]
+        model_turns = [t for t in sample["turns"][row["first_turn"]:row["last_turn"]] if t["role"] == "model"]
+        assert smol_tokenizer.decode(trained) == "".join(f"{t['name']}: {t['text']}[/INST]" for t in model_turns)
+        assert row["input_ids"][0] == smol_tokenizer.bos_token_id and row["input_ids"][1] != smol_tokenizer.bos_token_id
+        assert len(row["input_ids"]) <= 2048
+        assert row["text"] == render(sample, fmt, smol_tokenizer.bos_token, (row["first_turn"], row["last_turn"])).text
+
+
+def test_adapter_loads_changes_logits_and_lowers_held_out_loss(chain, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _, instance, _ = chain
+    checkpoint = _metadata(instance, "lora_checkpoint")
+    folder = checkpoint["path"]
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
+                 "training_config.json", "loss_curve.png"):
+        assert (Path(folder) / name).is_file(), name
+    assert checkpoint["steps"] == 6 and "| step |" in checkpoint["loss_table"]
+    assert checkpoint["trained_on_tokenized_parquet"] == _metadata(instance, "tokenized_parquet")["data_version"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), folder)
+    ids = torch.tensor([[1, 75, 39637, 77, 3980, 198, 6777, 42]])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        with model.disable_adapter():
+            plain = model(input_ids=ids).logits
+    assert (adapted - plain).abs().max().item() > 1e-4
+
+    report = _metadata(instance, "eval_report")
+    for key in ("model_turn_loss_base", "model_turn_loss_adapter", "perplexity_base", "perplexity_adapter"):
+        assert math.isfinite(report[key]) and report[key] > 0
+    assert report["model_turn_loss_adapter"] < report["model_turn_loss_base"]
+    assert 0.0 <= report["impersonation_rate_adapter"] <= 1.0 and report["generations"] == 2
+    text = open(report["report_path"]).read()
+    assert f"{report['model_turn_loss_base']:.4g}" in text and "## Generations" in text
+    summary = json.loads(open(report["path"] + "/report.json").read())["summary"]
+    assert summary["model_turn_loss_adapter"] == report["model_turn_loss_adapter"]
+
+
+def test_rematerializing_unchanged_inputs_reuses_every_artifact(chain, tiny_model_dir):
+    _, instance, root = chain
+    before = {k: _metadata(instance, k)["data_version"] for k in DATA_ASSETS + ["lora_checkpoint", "eval_report"]}
+    again = dg.materialize(ALL_ASSETS, resources=_resources(root, tiny_model_dir), instance=instance,
+                           run_config=RUN_CONFIG)
+    assert again.success
+    for key, version in before.items():
+        meta = _metadata(instance, key)
+        assert meta["data_version"] == version, key
+        if key != "base_model":  # a local model dir is used in place, not built
+            assert meta["cached"] is True, key
+
+
+def test_data_outputs_are_byte_identical_across_runs(tmp_path, tiny_model_dir):
+    outputs = []
+    for attempt in ("a", "b"):
+        (tmp_path / f"home_{attempt}").mkdir()
+        with dg.instance_for_test(temp_dir=str(tmp_path / f"home_{attempt}")) as instance:
+            selected = [a for a in ALL_ASSETS if a.key.to_user_string() in DATA_ASSETS]
+            assert dg.materialize(selected, resources=_resources(tmp_path / attempt, tiny_model_dir),
+                                  instance=instance, run_config=dg.RunConfig(ops={
+                                      "tokenized_parquet": TokenizeConfig(max_length=2048)})).success
+            outputs.append({p.relative_to(tmp_path / attempt).as_posix(): p.read_bytes()
+                            for p in sorted((tmp_path / attempt).rglob("*.parquet"))})
+    assert len(outputs[0]) == 6 and outputs[0] == outputs[1]
