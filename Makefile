@@ -36,8 +36,7 @@ setup: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
 
 ## The main job: every asset on the embedded default (or $GCRP_INBOX / $GCRP_BASE_MODEL), then the report's path.
 run: setup
-	$(BIN)/dg launch --job gcrp_chain
-	$(BIN)/python -m gcrp_assets.cli report-path
+	$(BIN)/python -m gcrp_assets.cli run
 
 ## The test suite (what CI runs).
 test: setup

@@ -1,4 +1,4 @@
-"""The code location: every asset, check and resource of gcrp_assets.
+"""The code location: every asset, check, job, sensor, schedule and resource of gcrp_assets.
 
 Environment (read when the code location loads):
   GCRP_INBOX       folder of dumps (default: the sample corpus shipped in the package)
@@ -6,12 +6,13 @@ Environment (read when the code location loads):
   GCRP_BASE_MODEL  local Hugging Face model directory (default: the embedded SmolLM2-135M-Instruct)
 """
 
-
 import os
 from pathlib import Path
 
 import dagster as dg
 
+from gcrp_assets.defs.automation import (data_automation, dump_stages_job, inbox_sensor, training_chain_job,
+                                         weekly_data_refresh)
 from gcrp_assets.defs.data_stages import augmented_prompts, filtered_threads, raw_threads, tokenized_parquet
 from gcrp_assets.defs.evaluation import eval_report
 from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource, DumpInbox, packaged_inbox
@@ -35,13 +36,16 @@ def default_resources() -> dict:
     }
 
 
-gcrp_chain = dg.define_asset_job("gcrp_chain", selection=dg.AssetSelection.all(),
-                                 description="The whole chain: dumps to an eval report.")
+def build_defs(resources: dict | None = None) -> dg.Definitions:
+    return dg.Definitions(
+        assets=ALL_ASSETS,
+        jobs=[dump_stages_job, training_chain_job],
+        sensors=[inbox_sensor, data_automation],
+        schedules=[weekly_data_refresh],
+        resources=resources or default_resources(),
+        # Stages run one after another; one process avoids re-importing torch/peft for every step.
+        executor=dg.in_process_executor,
+    )
 
-defs = dg.Definitions(
-    assets=ALL_ASSETS,
-    jobs=[gcrp_chain],
-    resources=default_resources(),
-    # Stages run one after another; one process avoids re-importing torch/peft for every step.
-    executor=dg.in_process_executor,
-)
+
+defs = build_defs()

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import dagster as dg
 
-from gcrp_assets.definitions import defs
+from gcrp_assets.definitions import build_defs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
 def test_six_stage_chain_plus_base_model_in_order():
-    graph = defs.resolve_asset_graph()
+    with dg.instance_for_test():  # resolving definitions consults the current instance
+        graph = build_defs().resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {"raw_threads", "filtered_threads", "augmented_prompts", "tokenized_parquet", "lora_checkpoint",
                     "eval_report", "base_model"}

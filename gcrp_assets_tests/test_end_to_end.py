@@ -8,15 +8,21 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
+from gcrp_assets.defs.artifacts import latest_materialization
 from gcrp_assets.defs.configs import EvalConfig, LoraConfig, TokenizeConfig
 from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource, DumpInbox, packaged_inbox
-from gcrp_assets.definitions import ALL_ASSETS
+from gcrp_assets.defs.runner import materialize_chain
+from gcrp_assets.defs.data_stages import tokenized_parquet
+from gcrp_assets.defs.training import base_model
+from gcrp_assets.definitions import build_defs
 from gcrp_assets.lib.formats import get_format, render
+from gcrp_assets.lib.hashing import sha256_file
 from gcrp_assets.lib.tokenization import IGNORE
 
 pytestmark = pytest.mark.e2e
 
-DATA_ASSETS = ["raw_threads", "filtered_threads", "augmented_prompts", "tokenized_parquet", "base_model"]
+PER_DUMP = ["raw_threads", "filtered_threads", "augmented_prompts"]
+DUMPS = ["moonlit_guild.jsonl", "starport_forum.jsonl"]
 
 
 def _resources(root, model_dir, inbox=None):
@@ -32,9 +38,9 @@ RUN_CONFIG = dg.RunConfig(ops={
 })
 
 
-def _metadata(instance, key):
-    event = instance.get_latest_materialization_event(dg.AssetKey(key))
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+def _metadata(instance, key, partition=None):
+    materialization = latest_materialization(instance, key, partition)
+    return {k: v.value for k, v in materialization.metadata.items()}
 
 
 @pytest.fixture(scope="module")
@@ -42,43 +48,50 @@ def chain(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("artifacts")
     home = tmp_path_factory.mktemp("dagster_home")
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        result = dg.materialize(ALL_ASSETS, resources=_resources(root, tiny_model_dir), instance=instance,
-                                run_config=RUN_CONFIG)
-        yield result, instance, root
+        defs = build_defs(_resources(root, tiny_model_dir))
+        yield materialize_chain(instance, defs, RUN_CONFIG), instance, root, defs
 
 
 def test_every_asset_materializes_and_every_check_passes(chain):
-    result, instance, _ = chain
-    assert result.success
-    keys = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
-    assert keys == {"raw_threads", "filtered_threads", "augmented_prompts", "tokenized_parquet", "base_model",
-                    "lora_checkpoint", "eval_report"}
-    checks = result.get_asset_check_evaluations()
-    assert len(checks) == 7 and all(c.passed for c in checks), [(c.check_name, c.passed) for c in checks]
+    outcome, instance, _, _ = chain
+    assert outcome.success and outcome.dumps == DUMPS
+    assert sorted(instance.get_dynamic_partitions("dumps")) == DUMPS
+    materialized = {(e.asset_key.to_user_string(), e.partition) for r in outcome.results
+                    for e in r.get_asset_materialization_events()}
+    assert materialized == {(key, dump) for key in PER_DUMP for dump in DUMPS} | {
+        ("tokenized_parquet", None), ("base_model", None), ("lora_checkpoint", None), ("eval_report", None)}
+    checks = [c for r in outcome.results for c in r.get_asset_check_evaluations()]
+    assert len(checks) == 10 and all(c.passed for c in checks), [(c.check_name, c.passed) for c in checks]
 
 
 def test_counts_add_up_and_rejects_are_recorded(chain):
-    _, instance, _ = chain
-    raw = _metadata(instance, "raw_threads")
-    assert raw["threads"] + raw["rejected_lines"] == raw["lines"] and raw["rejected_lines"] >= 2
-    rejects = pq.read_table(raw["path"] + "/rejects.parquet").to_pylist()
-    assert all(r["dump"] and r["line"] > 0 and f"{r['dump']}:{r['line']}" in r["detail"] for r in rejects)
-    filtered = _metadata(instance, "filtered_threads")
-    assert filtered["threads_in"] == raw["threads"]
-    assert filtered["threads_kept"] + filtered["threads_rejected"] == filtered["threads_in"]
-    assert filtered["threads_kept"] >= 30 and filtered["threads_rejected"] >= 6
-    reasons = {r["reason"] for r in pq.read_table(filtered["path"] + "/rejects.parquet").to_pylist()}
+    _, instance, _, _ = chain
+    kept = rejected = malformed = 0
+    reasons = set()
+    for dump in DUMPS:
+        raw = _metadata(instance, "raw_threads", dump)
+        assert raw["threads"] + raw["rejected_lines"] == raw["lines"]
+        malformed += raw["rejected_lines"]
+        rejects = pq.read_table(raw["path"] + "/rejects.parquet").to_pylist()
+        assert all(r["dump"] == dump and r["line"] > 0 and f"{dump}:{r['line']}" in r["detail"] for r in rejects)
+        filtered = _metadata(instance, "filtered_threads", dump)
+        assert filtered["threads_in"] == raw["threads"]
+        assert filtered["threads_kept"] + filtered["threads_rejected"] == filtered["threads_in"]
+        kept += filtered["threads_kept"]
+        rejected += filtered["threads_rejected"]
+        reasons |= {r["reason"] for r in pq.read_table(filtered["path"] + "/rejects.parquet").to_pylist()}
+        assert _metadata(instance, "augmented_prompts", dump)["samples"] == filtered["threads_kept"]
+    assert malformed == 2 and kept >= 60 and rejected >= 8
     assert {"too_few_turns", "too_few_characters", "too_many_characters"} <= reasons
-    samples = _metadata(instance, "augmented_prompts")
-    assert samples["samples"] == filtered["threads_kept"]
 
 
 def test_trained_labels_decode_to_exactly_the_model_turns(chain, smol_tokenizer):
-    _, instance, _ = chain
+    _, instance, _, _ = chain
     tokenized = _metadata(instance, "tokenized_parquet")
+    assert tokenized["dumps"] == DUMPS
     rows = pq.read_table(tokenized["path"] + "/tokenized.parquet").to_pylist()
-    samples = {s["sample_id"]: s for s in
-               pq.read_table(_metadata(instance, "augmented_prompts")["path"] + "/samples.parquet").to_pylist()}
+    samples = {s["sample_id"]: s for dump in DUMPS for s in pq.read_table(
+        _metadata(instance, "augmented_prompts", dump)["path"] + "/samples.parquet").to_pylist()}
     fmt = get_format("inst")
     assert {r["split"] for r in rows} == {"train", "eval"}
     eval_threads = {r["thread_key"] for r in rows if r["split"] == "eval"}
@@ -98,7 +111,7 @@ def test_adapter_loads_changes_logits_and_lowers_held_out_loss(chain, tiny_model
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    _, instance, _ = chain
+    _, instance, _, _ = chain
     checkpoint = _metadata(instance, "lora_checkpoint")
     folder = checkpoint["path"]
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
@@ -125,16 +138,38 @@ def test_adapter_loads_changes_logits_and_lowers_held_out_loss(chain, tiny_model
     assert summary["model_turn_loss_adapter"] == report["model_turn_loss_adapter"]
 
 
-def test_rematerializing_unchanged_inputs_reuses_every_artifact(chain, tiny_model_dir):
-    _, instance, root = chain
-    before = {k: _metadata(instance, k)["data_version"] for k in DATA_ASSETS + ["lora_checkpoint", "eval_report"]}
-    again = dg.materialize(ALL_ASSETS, resources=_resources(root, tiny_model_dir), instance=instance,
-                           run_config=RUN_CONFIG)
-    assert again.success
+def test_checkpoint_lineage_walks_back_to_the_dump_files(chain):
+    _, instance, _, _ = chain
+    checkpoint = _metadata(instance, "lora_checkpoint")
+    assert checkpoint["trained_on_dumps"] == DUMPS
+    manifest = json.loads((Path(checkpoint["path"]) / "manifest.json").read_text())
+    tokenized = _metadata(instance, "tokenized_parquet")
+    assert manifest["inputs"]["tokenized_parquet"] == tokenized["data_version"] == checkpoint["trained_on_tokenized_parquet"]
+    assert manifest["inputs"]["base_model"] == _metadata(instance, "base_model")["data_version"]
+    tokenized_inputs = json.loads((Path(tokenized["path"]) / "manifest.json").read_text())["inputs"]
+    for dump in DUMPS:
+        samples = _metadata(instance, "augmented_prompts", dump)
+        assert tokenized_inputs["augmented_prompts"][dump] == samples["data_version"]
+        filtered_version = json.loads((Path(samples["path"]) / "manifest.json").read_text())["inputs"]["filtered_threads"]
+        filtered = _metadata(instance, "filtered_threads", dump)
+        assert filtered_version == filtered["data_version"]
+        raw_version = json.loads((Path(filtered["path"]) / "manifest.json").read_text())["inputs"]["raw_threads"]
+        raw = _metadata(instance, "raw_threads", dump)
+        assert raw_version == raw["data_version"]
+        raw_inputs = json.loads((Path(raw["path"]) / "manifest.json").read_text())["inputs"]
+        assert raw_inputs["dump_sha256"] == sha256_file(packaged_inbox() / dump)
+
+
+def test_rematerializing_unchanged_inputs_reuses_every_artifact(chain):
+    _, instance, _, defs = chain
+    keys = [(k, d) for k in PER_DUMP for d in DUMPS] + [
+        (k, None) for k in ("tokenized_parquet", "base_model", "lora_checkpoint", "eval_report")]
+    before = {key: _metadata(instance, *key)["data_version"] for key in keys}
+    assert materialize_chain(instance, defs, RUN_CONFIG).success
     for key, version in before.items():
-        meta = _metadata(instance, key)
+        meta = _metadata(instance, *key)
         assert meta["data_version"] == version, key
-        if key != "base_model":  # a local model dir is used in place, not built
+        if key[0] != "base_model":  # a local model dir is used in place, not built
             assert meta["cached"] is True, key
 
 
@@ -143,10 +178,13 @@ def test_data_outputs_are_byte_identical_across_runs(tmp_path, tiny_model_dir):
     for attempt in ("a", "b"):
         (tmp_path / f"home_{attempt}").mkdir()
         with dg.instance_for_test(temp_dir=str(tmp_path / f"home_{attempt}")) as instance:
-            selected = [a for a in ALL_ASSETS if a.key.to_user_string() in DATA_ASSETS]
-            assert dg.materialize(selected, resources=_resources(tmp_path / attempt, tiny_model_dir),
+            defs = build_defs(_resources(tmp_path / attempt, tiny_model_dir))
+            for dump in DUMPS:
+                instance.add_dynamic_partitions("dumps", [dump])
+                assert defs.resolve_job_def("dump_stages").execute_in_process(instance=instance, partition_key=dump).success
+            assert dg.materialize([base_model, tokenized_parquet], resources=_resources(tmp_path / attempt, tiny_model_dir),
                                   instance=instance, run_config=dg.RunConfig(ops={
                                       "tokenized_parquet": TokenizeConfig(max_length=2048)})).success
             outputs.append({p.relative_to(tmp_path / attempt).as_posix(): p.read_bytes()
                             for p in sorted((tmp_path / attempt).rglob("*.parquet"))})
-    assert len(outputs[0]) == 6 and outputs[0] == outputs[1]
+    assert len(outputs[0]) == 12 and outputs[0] == outputs[1]

@@ -38,13 +38,22 @@ class Upstream:
     data_version: str
 
 
-def upstream(context: dg.AssetExecutionContext, key: str) -> Upstream:
-    """The latest materialization of an upstream asset: where its artifact is and its data version."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(key))
-    if event is None or event.asset_materialization is None:
-        raise dg.Failure(f"upstream asset {key!r} has not been materialized yet: materialize it first "
+def latest_materialization(instance: dg.DagsterInstance, key: str, partition: str | None = None):
+    """The latest AssetMaterialization of `key` (of one partition when given), or None."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[partition] if partition else None),
+        limit=1).records
+    return records[0].asset_materialization if records else None
+
+
+def upstream(context: dg.AssetExecutionContext, key: str, partition: str | None = None) -> Upstream:
+    """The latest materialization of an upstream asset (or of one of its partitions): where its artifact is
+    and its data version."""
+    materialization = latest_materialization(context.instance, key, partition)
+    if materialization is None:
+        where = f"{key!r} partition {partition!r}" if partition else repr(key)
+        raise dg.Failure(f"upstream asset {where} has not been materialized yet: materialize it first "
                          f"(for example `dg launch --assets '+{context.asset_key.to_user_string()}'`)")
-    materialization = event.asset_materialization
     path = Path(str(materialization.metadata["path"].value))
     if not path.exists():
         raise dg.Failure(f"upstream asset {key!r}: its artifact {path} is gone; re-materialize {key}")

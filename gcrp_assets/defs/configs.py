@@ -21,6 +21,8 @@ class PromptConfig(dg.Config):
 
 
 class TokenizeConfig(dg.Config):
+    dumps: list[str] = Field([], description="Dump partitions in the training set; empty = every registered dump "
+                                             "with materialized samples.")
     format: str = Field("inst", description="Prompt format: 'inst' (12B [INST]role), 'chatml', 'herrsimian' (::::).")
     max_length: int = Field(2048, description="Maximum tokens per sample; longer threads become windows.")
     eval_fraction: float = Field(0.15, description="Share of threads held out for evaluation.")

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from gcrp_assets.defs.artifacts import build_or_reuse, code_version, upstream
+from gcrp_assets.defs.artifacts import build_or_reuse, code_version, latest_materialization, upstream
+from gcrp_assets.defs.automation import follow_upstream_data
 from gcrp_assets.defs.configs import FilterConfig, PromptConfig, TokenizeConfig
+from gcrp_assets.defs.partitions import dumps
 from gcrp_assets.defs.resources import ArtifactStore, DumpInbox
 from gcrp_assets.lib import schemas
 from gcrp_assets.lib.cleaning import CleaningOptions, clean_thread, dump_scrubber
-from gcrp_assets.lib.dumps import DumpReadError, find_dumps, read_dump
+from gcrp_assets.lib.dumps import DumpReadError, dump_digest, read_dump
 from gcrp_assets.lib.filters import REASONS, FilterRules, rejection_reason
 from gcrp_assets.lib.formats import get_format, render
 from gcrp_assets.lib.hashing import sha256_file
@@ -23,11 +25,25 @@ from gcrp_assets.lib.split import assign_splits
 from gcrp_assets.lib.tables import clip, md_table
 from gcrp_assets.lib.tokenization import IGNORE, tokenize_sample
 
-RAW_CODE = code_version("lib/dumps.py", "lib/schemas.py", "lib/parquet.py")
+RAW_CODE = code_version("lib/dumps.py", "lib/importers/*.py", "lib/schemas.py", "lib/parquet.py")
 FILTER_CODE = code_version("lib/markup.py", "lib/ooc.py", "lib/attribution.py", "lib/privacy.py",
                            "lib/cleaning.py", "lib/filters.py", "lib/schemas.py")
 PROMPT_CODE = code_version("lib/sheets.py", "lib/prompts.py", "templates/*")
 TOKENIZE_CODE = code_version("lib/formats.py", "lib/tokenization.py", "lib/split.py")
+
+
+def selected_dumps(instance: dg.DagsterInstance, requested: list[str]) -> list[str]:
+    """The dump partitions that feed the training set: `requested`, or every registered one that has samples."""
+    registered = sorted(instance.get_dynamic_partitions(dumps.name))
+    if requested:
+        unknown = sorted(set(requested) - set(registered))
+        if unknown:
+            raise dg.Failure(f"unknown dump partitions {unknown}; registered: {registered}")
+        return sorted(requested)
+    ready = [d for d in registered if latest_materialization(instance, "augmented_prompts", d) is not None]
+    if not ready:
+        raise dg.Failure("no dump partition has augmented_prompts yet: materialize the data stages first")
+    return ready
 
 
 def _reject_json(thread: dict) -> str:
@@ -35,49 +51,49 @@ def _reject_json(thread: dict) -> str:
 
 
 @dg.asset(
-    group_name="data", kinds={"parquet"}, code_version=RAW_CODE,
+    group_name="data", kinds={"parquet"}, code_version=RAW_CODE, partitions_def=dumps,
     check_specs=[dg.AssetCheckSpec("lines_accounted_for", asset="raw_threads", blocking=True,
-                                   description="Every non-blank line of every dump is a thread or a reject.")],
+                                   description="Every non-blank line of the dump is a thread or a reject.")],
 )
 def raw_threads(context: dg.AssetExecutionContext, inbox: DumpInbox, store: ArtifactStore) -> dg.MaterializeResult:
-    """Every dump in the inbox read into one canonical thread table; malformed lines go to rejects with file and line."""
-    dumps = find_dumps(inbox.folder())
-    if not dumps:
-        raise dg.Failure(f"{inbox.folder()}: no dumps (*.jsonl, *.jsonl.gz) in the inbox")
-    inputs = {"code": RAW_CODE, "dumps": {p.name: sha256_file(p) for p in dumps}}
+    """One dump (this partition) read into the canonical thread table, whatever its layout (canonical thread
+    JSONL, CSV/TSV/Parquet post table, SillyTavern export folder, recognised by content); malformed records go
+    to rejects with file and line. A dump that cannot be read at all fails the run with an error naming it."""
+    dump = context.partition_key
+    path = inbox.folder() / dump
+    if not path.exists():
+        raise dg.Failure(f"{path}: dump {dump!r} is no longer in the inbox")
+    inputs = {"code": RAW_CODE, "dump": dump, "dump_sha256": dump_digest(path)}
 
     def build(folder: Path) -> dict:
-        threads, rejects, per_dump = [], [], []
-        lines = 0
-        for path in dumps:
-            try:
-                contents = read_dump(path)
-            except DumpReadError as exc:
-                raise dg.Failure(str(exc)) from exc
-            threads += contents.threads
-            rejects += contents.rejects
-            lines += contents.lines
-            per_dump.append((path.name, contents.lines, len(contents.threads), len(contents.rejects)))
-            for reject in contents.rejects:
-                context.log.warning(f"rejected {reject['detail']}")
+        try:
+            contents = read_dump(path)
+        except DumpReadError as exc:
+            raise dg.Failure(str(exc)) from exc
+        for reject in contents.rejects:
+            context.log.warning(f"rejected {reject['detail']}")
+        threads, rejects = contents.threads, contents.rejects
         write_table(threads, schemas.RAW_THREADS, folder / "threads.parquet")
         write_table(rejects, schemas.REJECTS, folder / "rejects.parquet")
         return {
             "dagster/row_count": len(threads),
-            "dumps": len(dumps),
-            "lines": lines,
+            "dump": dump,
+            "layout": contents.layout,
+            "lines": contents.lines,
+            "records_read": contents.rows,
+            "ooc_rows": contents.ooc_rows,
+            "system_messages_skipped": contents.system_messages,
             "threads": len(threads),
             "rejected_lines": len(rejects),
             "posts": sum(len(t["posts"]) for t in threads),
-            "per_dump": dg.MetadataValue.md(md_table(per_dump, ["dump", "lines", "threads", "rejected lines"])),
             "rejects": dg.MetadataValue.md(md_table(((r["dump"], r["line"], r["reason"], clip(r["detail"], 120))
                                                      for r in rejects), ["dump", "line", "reason", "detail"])),
             "preview": dg.MetadataValue.md(md_table(
-                ((t["dump"], t["thread_id"], clip(t["title"], 40), len(t["characters"]), len(t["posts"]))
-                 for t in threads[:10]), ["dump", "thread_id", "title", "characters", "posts"])),
+                ((t["thread_id"], clip(t["title"], 40), len(t["characters"]), len(t["posts"]))
+                 for t in threads[:10]), ["thread_id", "title", "characters", "posts"])),
         }
 
-    built = build_or_reuse(context, lambda fp: store.dir_for("raw_threads", fp), inputs, build)
+    built = build_or_reuse(context, lambda fp: store.dir_for("raw_threads", fp, dump), inputs, build)
     m = built.metadata
     passed = m["threads"] + m["rejected_lines"] == m["lines"]
     return built.result([dg.AssetCheckResult(check_name="lines_accounted_for", passed=passed,
@@ -86,7 +102,8 @@ def raw_threads(context: dg.AssetExecutionContext, inbox: DumpInbox, store: Arti
 
 
 @dg.asset(
-    group_name="data", kinds={"parquet"}, code_version=FILTER_CODE, deps=[raw_threads],
+    group_name="data", kinds={"parquet"}, code_version=FILTER_CODE, deps=[raw_threads], partitions_def=dumps,
+    automation_condition=follow_upstream_data(),
     check_specs=[
         dg.AssetCheckSpec("threads_accounted_for", asset="filtered_threads", blocking=True,
                           description="kept + rejected = threads in."),
@@ -100,7 +117,8 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
     Kept: at least `min_turns` turns and `min_characters`..`max_characters` speaking characters.
     Every dropped thread is kept whole in `rejects.parquet` with its reason code.
     """
-    raw = upstream(context, "raw_threads")
+    dump = context.partition_key
+    raw = upstream(context, "raw_threads", dump)
     rules = FilterRules(config.min_turns, config.min_characters, config.max_characters)
     inputs = {"code": FILTER_CODE, "config": config.model_dump(), "raw_threads": raw.data_version}
 
@@ -108,26 +126,22 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
         threads = read_rows(raw.path / "threads.parquet")
         kept, rejects, handle_hits = [], [], []
         reasons: Counter[str] = Counter()
-        by_dump: dict[str, list[dict]] = {}
+        scrubber = dump_scrubber(threads)  # every handle of the dump, not only the thread's own
         for thread in threads:
-            by_dump.setdefault(thread["dump"], []).append(thread)
-        for dump, dump_threads in by_dump.items():
-            scrubber = dump_scrubber(dump_threads)
-            for thread in dump_threads:
-                cleaned = clean_thread(thread, scrubber, CleaningOptions(drop_unattributed=config.drop_unattributed))
-                verdict = rejection_reason(cleaned, rules)
-                if verdict:
-                    reasons[verdict[0]] += 1
-                    rejects.append({"dump": dump, "line": thread["line"], "thread_id": thread["thread_id"],
-                                    "stage": "filtered_threads", "reason": verdict[0], "detail": verdict[1],
-                                    "record": _reject_json(thread)})
-                    continue
-                texts = [t["text"] for t in cleaned["turns"]] + [c["sheet"] or "" for c in cleaned["characters"]]
-                texts.append(cleaned["title"] or "")
-                hits = sorted({h for text in texts for h in scrubber.find(text)})
-                if hits:
-                    handle_hits.append(f"{dump}/{thread['thread_id']}")
-                kept.append(cleaned)
+            cleaned = clean_thread(thread, scrubber, CleaningOptions(drop_unattributed=config.drop_unattributed))
+            verdict = rejection_reason(cleaned, rules)
+            if verdict:
+                reasons[verdict[0]] += 1
+                rejects.append({"dump": dump, "line": thread["line"], "thread_id": thread["thread_id"],
+                                "stage": "filtered_threads", "reason": verdict[0],
+                                "detail": f"{dump}:{thread['line']}: thread {thread['thread_id']}: {verdict[1]}",
+                                "record": _reject_json(thread)})
+                continue
+            texts = [t["text"] for t in cleaned["turns"]] + [c["sheet"] or "" for c in cleaned["characters"]]
+            texts.append(cleaned["title"] or "")
+            if any(scrubber.find(text) for text in texts):
+                handle_hits.append(f"{dump}/{thread['thread_id']}")
+            kept.append(cleaned)
         write_table(kept, schemas.FILTERED_THREADS, folder / "threads.parquet")
         write_table(rejects, schemas.REJECTS, folder / "rejects.parquet")
         funnel = [("kept", len(kept), "")] + [(r, reasons[r], REASONS[r]) for r in sorted(reasons)]
@@ -150,7 +164,7 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
                 ["thread_id", "first speaker", "first turn"])),
         }
 
-    built = build_or_reuse(context, lambda fp: store.dir_for("filtered_threads", fp), inputs, build)
+    built = build_or_reuse(context, lambda fp: store.dir_for("filtered_threads", fp, dump), inputs, build)
     m = built.metadata
     return built.result([
         dg.AssetCheckResult(check_name="threads_accounted_for",
@@ -161,11 +175,13 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
     ])
 
 
-@dg.asset(group_name="data", kinds={"parquet"}, code_version=PROMPT_CODE, deps=[filtered_threads])
+@dg.asset(group_name="data", kinds={"parquet"}, code_version=PROMPT_CODE, deps=[filtered_threads],
+          partitions_def=dumps, automation_condition=follow_upstream_data())
 def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig, store: ArtifactStore) -> dg.MaterializeResult:
     """Training samples: each character sheet rewritten into the uniform template, a system prompt naming the
     human user's character and listing the others, and the turns as `user` / `model` with speaker names."""
-    filtered = upstream(context, "filtered_threads")
+    dump = context.partition_key
+    filtered = upstream(context, "filtered_threads", dump)
     template_files = {p: sha256_file(Path(p)) for p in (config.sheet_template, config.system_prompt_template) if p}
     inputs = {"code": PROMPT_CODE, "config": config.model_dump(), "templates": template_files,
               "filtered_threads": filtered.data_version}
@@ -187,11 +203,12 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig, s
             "system_prompt_example": dg.MetadataValue.md(f"```text\n{example}\n```"),
         }
 
-    return build_or_reuse(context, lambda fp: store.dir_for("augmented_prompts", fp), inputs, build).result()
+    return build_or_reuse(context, lambda fp: store.dir_for("augmented_prompts", fp, dump), inputs, build).result()
 
 
 @dg.asset(
     group_name="data", kinds={"parquet"}, code_version=TOKENIZE_CODE, deps=[augmented_prompts, "base_model"],
+    automation_condition=follow_upstream_data(),
     check_specs=[
         dg.AssetCheckSpec("one_bos_per_sample", asset="tokenized_parquet", blocking=True),
         dg.AssetCheckSpec("labels_are_model_turns", asset="tokenized_parquet", blocking=True,
@@ -200,19 +217,22 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig, s
     ],
 )
 def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig, store: ArtifactStore) -> dg.MaterializeResult:
-    """Samples rendered in the chosen prompt format, tokenized once with the base model's tokenizer, labels
-    masked to model turns (or all text for raw-text formats), split into train/eval by thread."""
-    samples_up = upstream(context, "augmented_prompts")
+    """The training set: the samples of every dump partition (or of `config.dumps`), rendered in the chosen
+    prompt format, tokenized once with the base model's tokenizer, labels masked to model turns (or all text
+    for raw-text formats), split into train/eval by thread."""
+    partitions = selected_dumps(context.instance, config.dumps)
+    samples_up = {dump: upstream(context, "augmented_prompts", dump) for dump in partitions}
     model_up = upstream(context, "base_model")
     fmt = get_format(config.format)
-    inputs = {"code": TOKENIZE_CODE, "config": config.model_dump(), "augmented_prompts": samples_up.data_version,
+    inputs = {"code": TOKENIZE_CODE, "config": config.model_dump(),
+              "augmented_prompts": {dump: up.data_version for dump, up in samples_up.items()},
               "base_model": model_up.data_version}
 
     def build(folder: Path) -> dict:
         from transformers import AutoTokenizer  # imported here: a reused artifact needs no tokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_up.path)
-        samples = read_rows(samples_up.path / "samples.parquet")
+        samples = [s for dump in partitions for s in read_rows(samples_up[dump].path / "samples.parquet")]
         splits = assign_splits([s["thread_key"] for s in samples], config.eval_fraction,
                                config.min_eval_threads, config.split_seed)
         rows, dropped = [], []
@@ -235,6 +255,9 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
                              "n_tokens": len(ids), "n_trained": window.n_trained, "text": window.text,
                              "input_ids": ids, "labels": labels})
         write_table(rows, schemas.TOKENIZED, folder / "tokenized.parquet")
+        # The held-out samples with their turns, for generations in eval_report.
+        write_table([s for s in samples if splits[s["thread_key"]] == "eval"], schemas.SAMPLES,
+                    folder / "eval_samples.parquet")
         (folder / "dropped.json").write_text(json.dumps(dropped, indent=1, sort_keys=True))
         per_split = Counter(r["split"] for r in rows)
         tokens = Counter()
@@ -244,6 +267,7 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
         threads = Counter(splits.values())
         return {
             "dagster/row_count": len(rows),
+            "dumps": dg.MetadataValue.json(partitions),
             "format": fmt.name,
             "train_rows": per_split["train"],
             "eval_rows": per_split["eval"],

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from gcrp_assets.defs.artifacts import build_or_reuse, code_version, upstream
+from gcrp_assets.defs.automation import follow_new_checkpoint
 from gcrp_assets.defs.configs import EvalConfig
 from gcrp_assets.defs.resources import ArtifactStore
 from gcrp_assets.lib import evaluation as ev
@@ -64,17 +65,16 @@ def _report_markdown(summary: dict, cases: list[dict]) -> str:
 
 
 @dg.asset(group_name="evaluation", kinds={"pytorch"}, code_version=EVAL_CODE,
-          deps=["lora_checkpoint", "tokenized_parquet", "augmented_prompts", "base_model"])
+          deps=["lora_checkpoint", "tokenized_parquet", "base_model"],
+          automation_condition=follow_new_checkpoint())
 def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, store: ArtifactStore) -> dg.MaterializeResult:
     """Held-out model-turn loss and perplexity for the base model and base + adapter, plus greedy generations
     with the share that impersonate the user's character; a Markdown report and a JSON of every number."""
     adapter = upstream(context, "lora_checkpoint")
     data = upstream(context, "tokenized_parquet")
-    samples_up = upstream(context, "augmented_prompts")
     base = upstream(context, "base_model")
     inputs = {"code": EVAL_CODE, "config": config.model_dump(), "lora_checkpoint": adapter.data_version,
-              "tokenized_parquet": data.data_version, "augmented_prompts": samples_up.data_version,
-              "base_model": base.data_version}
+              "tokenized_parquet": data.data_version, "base_model": base.data_version}
 
     def build(folder: Path) -> dict:
         import torch
@@ -94,8 +94,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, store: Ar
         rows = load_split(data.path / "tokenized.parquet", "eval")
         if not rows:
             raise dg.Failure(f"{data.path}: the eval split is empty; raise eval_fraction or min_eval_threads")
-        eval_ids = {r["sample_id"] for r in rows}
-        samples = [s for s in read_rows(samples_up.path / "samples.parquet") if s["sample_id"] in eval_ids]
+        samples = read_rows(data.path / "eval_samples.parquet")
         context.log.info(f"scoring {len(rows)} eval rows with and without the adapter ({precision})")
         with autocast(precision):
             adapter_nll = ev.per_row_nll(model, rows, pad_id, config.batch_size)

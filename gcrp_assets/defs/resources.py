@@ -26,8 +26,9 @@ class ArtifactStore(dg.ConfigurableResource):
 
     root: str = Field(description="Artifact root folder (GCRP_ARTIFACTS).")
 
-    def dir_for(self, asset: str, fingerprint: str) -> Path:
-        return Path(self.root).expanduser().resolve() / asset / fingerprint[:16]
+    def dir_for(self, asset: str, fingerprint: str, partition: str | None = None) -> Path:
+        base = Path(self.root).expanduser().resolve() / asset
+        return (base / partition if partition else base) / fingerprint[:16]
 
 
 class BaseModelSource(dg.ConfigurableResource):

@@ -84,9 +84,11 @@ def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store
               "tokenized_parquet": data.data_version, "base_model": model.data_version}
     fingerprint = sha256_json(inputs)
     folder = store.dir_for("lora_checkpoint", fingerprint)
+    data_inputs = data_manifest.get("inputs", {})
     lineage = {"trained_on_tokenized_parquet": data.data_version, "base_model_version": model.data_version,
                "base_model_path": dg.MetadataValue.path(str(model.path)),
-               "upstream_versions": dg.MetadataValue.json(data_manifest.get("inputs", {}))}
+               "trained_on_dumps": dg.MetadataValue.json(sorted(data_inputs.get("augmented_prompts", {}))),
+               "upstream_versions": dg.MetadataValue.json(data_inputs)}
 
     manifest = read_manifest(folder)
     if manifest and manifest.get("fingerprint") == fingerprint and not config.force:

@@ -1,8 +1,16 @@
 """Reading dumps from the inbox into canonical thread records (contract: shared design `raw-threads.md`).
 
-`read_dump` returns the good threads and one reject per bad line, each naming the file and the
-line. A dump that cannot be read at all raises `DumpReadError`, naming the file (and the line).
-Importers for post tables and SillyTavern exports plug in beside `read_canonical_jsonl`.
+`read_dump` returns the good threads and one reject per bad record, each naming the file and the
+line (or row). A dump that cannot be read at all raises `DumpReadError`, naming the file (and the
+line). The layout is recognised by content (`detect_layout`), so a dump is read the same way
+whatever it happens to be called:
+
+- `canonical_jsonl`: the native format, read here by `read_canonical_jsonl`;
+- `post_table`: CSV, TSV or Parquet, one row per post (`importers.post_tables`);
+- `sillytavern`: a SillyTavern export folder, or one chat `.jsonl` (`importers.sillytavern`).
+
+This module also owns the contract's primitives that every importer shares (`DumpContents`,
+`DumpReadError`, `_validate_thread`, `_reject`), so all layouts are checked the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gcrp_assets.lib.hashing import sha256_file, sha256_tree
+
 CANONICAL_SUFFIXES = (".jsonl", ".jsonl.gz")
+TABLE_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
+DUMP_SUFFIXES = CANONICAL_SUFFIXES + TABLE_SUFFIXES
+LAYOUTS = ("canonical_jsonl", "post_table", "sillytavern")
 
 
 class DumpReadError(RuntimeError):
@@ -23,10 +36,23 @@ class DumpReadError(RuntimeError):
 
 @dataclass
 class DumpContents:
+    """What one dump yielded.
+
+    `lines` counts the dump's records, each of which ended as exactly one thread or one reject, so
+    `len(threads) + len(rejects) == lines` holds for every layout (the pipeline checks it). A record
+    is a non-blank line of a canonical JSONL dump; a thread group of a post table; a chat file of a
+    SillyTavern export, or a card or group file of it that could not be used.
+    """
+
     dump: str
-    lines: int = 0  # non-blank lines (records) read
+    lines: int = 0  # records read (see above)
     threads: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
+    layout: str = "canonical_jsonl"  # one of LAYOUTS
+    rows: int = 0  # physical records behind them: JSONL lines, table rows, chat message lines
+    ooc_rows: int = 0  # post-table rows of thread_type OOC, left out of the roleplay posts
+    ooc_rows_by_thread: dict[str, int] = field(default_factory=dict)  # the same, per thread_id
+    system_messages: int = 0  # SillyTavern `is_system` messages, which are not roleplay turns
 
 
 def dump_name(path: Path) -> str:
@@ -34,10 +60,36 @@ def dump_name(path: Path) -> str:
     return path.name
 
 
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".") or path.name == "__pycache__"
+
+
 def find_dumps(inbox: Path) -> list[Path]:
+    """Every dump in the inbox, by name: files of a known kind, and folders (one SillyTavern export each).
+
+    Files of other kinds (notes, READMEs) are not dumps and are left alone; hidden entries are
+    editor or OS litter. A folder that turns out not to be an export fails when it is read, rather
+    than being skipped without a word.
+    """
     if not inbox.is_dir():
         raise DumpReadError(f"{inbox}: inbox folder does not exist")
-    return sorted(p for p in inbox.iterdir() if p.is_file() and p.name.endswith(CANONICAL_SUFFIXES))
+    return sorted((p for p in inbox.iterdir() if not _is_hidden(p) and (
+        p.is_dir() or (p.is_file() and p.name.lower().endswith(DUMP_SUFFIXES)))), key=lambda p: p.name)
+
+
+def dump_digest(path: Path) -> str:
+    """The dump's content fingerprint: sha256 of the file, or of every file in the folder.
+
+    A folder is hashed over its files' relative names and contents in sorted order, so renaming,
+    adding or editing any file inside an export changes the fingerprint. For a file it equals the
+    plain sha256 of its bytes, so fingerprints taken before importers existed stay valid.
+    """
+    if path.is_dir():
+        return sha256_tree(path)
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise DumpReadError(f"{path}: cannot read dump: {exc}") from exc
 
 
 def _as_text(value: Any, where: str) -> str | None:
@@ -101,9 +153,12 @@ def _validate_thread(obj: Any) -> dict:
     }
 
 
-def _reject(dump: str, line: int, reason: str, detail: str, record: str, thread_id: str | None = None) -> dict:
+def _reject(dump: str, line: int, reason: str, detail: str, record: str, thread_id: str | None = None,
+            where: str | None = None) -> dict:
+    """One rejects-table row. `where` is the location the detail starts with when `dump:line` is
+    not enough to find the record (a row of a table, a file inside an export folder)."""
     return {"dump": dump, "line": line, "thread_id": thread_id, "stage": "raw_threads",
-            "reason": reason, "detail": f"{dump}:{line}: {detail}", "record": record}
+            "reason": reason, "detail": f"{where or f'{dump}:{line}'}: {detail}", "record": record}
 
 
 def read_canonical_jsonl(path: Path) -> DumpContents:
@@ -125,6 +180,7 @@ def read_canonical_jsonl(path: Path) -> DumpContents:
         if not raw_line.strip():
             continue
         out.lines += 1
+        out.rows += 1
         try:
             line = raw_line.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -158,7 +214,80 @@ def read_canonical_jsonl(path: Path) -> DumpContents:
     return out
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_PARQUET_MAGIC = b"PAR1"
+_SNIFF_LINES = 20  # blank lines tolerated before the first record when sniffing
+
+
+def _first_line(path: Path) -> bytes | None:
+    """The first non-blank line of a (possibly gzipped) text file, or None if there is none or it
+    cannot be read (the reader proper then reports why, with the line)."""
+    try:
+        with open(path, "rb") as raw:
+            packed = raw.read(2) == _GZIP_MAGIC
+        opener = gzip.open if packed else open
+        with opener(path, "rb") as handle:
+            for _ in range(_SNIFF_LINES):
+                line = handle.readline()
+                if not line:
+                    return None
+                if line.strip():
+                    return line
+    except (OSError, EOFError, zlib.error):
+        return None
+    return None
+
+
+def detect_layout(path: Path) -> str:
+    """Which importer reads `path`: "canonical_jsonl", "post_table" or "sillytavern".
+
+    Content decides, the name only breaks ties: a SillyTavern chat saved as `.jsonl` must not be
+    read as canonical threads (every line would be rejected), and a table with an unexpected
+    extension is still a table. Raises `DumpReadError` when nothing fits.
+    """
+    # Importers build on the primitives above, so they are imported when used (no import cycle).
+    from gcrp_assets.lib.importers import post_tables, sillytavern
+
+    if path.is_dir():
+        if sillytavern.looks_like_export(path):
+            return "sillytavern"
+        raise DumpReadError(f"{path}: folder is not a SillyTavern export "
+                            "(no chat .jsonl, groups/*.json or character cards in it)")
+    name = path.name.lower()
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise DumpReadError(f"{path}: cannot read dump: {exc}") from exc
+    if magic == _PARQUET_MAGIC or name.endswith(".parquet"):
+        return "post_table"
+    first = _first_line(path)
+    if first is not None and first.lstrip().startswith(b"{"):
+        try:
+            record = json.loads(first)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict):
+            if sillytavern.is_chat_record(record) and not ("thread_id" in record or "posts" in record):
+                return "sillytavern"
+            return "canonical_jsonl"
+    if first is not None and post_tables.header_delimiter(first.decode("utf-8-sig", "replace")):
+        return "post_table"
+    if name.endswith(CANONICAL_SUFFIXES):
+        return "canonical_jsonl"  # its reader reports what is wrong, with the line
+    if name.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
+        return "post_table"  # its reader reports the missing columns
+    raise DumpReadError(f"{path}: unrecognised dump layout (expected canonical thread JSONL, a CSV/TSV/Parquet "
+                        "post table, or a SillyTavern export)")
+
+
 def read_dump(path: Path) -> DumpContents:
-    if path.name.endswith(CANONICAL_SUFFIXES):
-        return read_canonical_jsonl(path)
-    raise DumpReadError(f"{path}: unsupported dump format (expected one of {', '.join(CANONICAL_SUFFIXES)})")
+    """The threads and rejects of one dump, whatever its layout."""
+    from gcrp_assets.lib.importers import post_tables, sillytavern
+
+    layout = detect_layout(path)
+    if layout == "post_table":
+        return post_tables.read_post_table(path)
+    if layout == "sillytavern":
+        return sillytavern.read_sillytavern(path)
+    return read_canonical_jsonl(path)

@@ -1,0 +1,91 @@
+"""How the pipeline runs by itself: the inbox sensor, the weekly data refresh, and declarative automation.
+
+- `inbox_sensor` (running by default): a new or changed dump (by content hash, not mtime) registers its
+  partition and requests a run of the per-dump data stages; the run key makes the request idempotent.
+  A dump that disappears is reported in the sensor's log and tick, never deleted silently.
+- `weekly_data_refresh` (stopped by default): re-materializes the data stages of every dump partition
+  on Mondays 03:00 UTC. It never targets training.
+- `data_automation` (running by default): data stages follow upstream *data version* changes (not mere
+  re-materializations or code reloads); `eval_report` follows a new checkpoint. `lora_checkpoint` has
+  no automation condition: training starts only when someone asks for it.
+"""
+
+import json
+
+import dagster as dg
+
+from gcrp_assets.defs.partitions import dumps
+from gcrp_assets.defs.resources import DumpInbox
+from gcrp_assets.lib.dumps import dump_digest, find_dumps
+
+A = dg.AutomationCondition
+
+PER_DUMP_STAGES = dg.AssetSelection.assets("raw_threads", "filtered_threads", "augmented_prompts")
+DATA_STAGES = PER_DUMP_STAGES | dg.AssetSelection.assets("tokenized_parquet")
+
+
+def follow_upstream_data() -> dg.AutomationCondition:
+    """Eager, but triggered by a changed upstream data version rather than by any new materialization."""
+    return A.eager().replace("newly_updated", A.data_version_changed()).with_label("upstream data changed")
+
+
+def follow_new_checkpoint() -> dg.AutomationCondition:
+    return (
+        A.any_deps_match(A.data_version_changed()).allow(dg.AssetSelection.assets("lora_checkpoint"))
+        & ~A.any_deps_missing()
+        & ~A.any_deps_in_progress()
+        & ~A.in_progress()
+    ).with_label("new checkpoint")
+
+
+dump_stages_job = dg.define_asset_job(
+    "dump_stages", selection=PER_DUMP_STAGES, partitions_def=dumps,
+    description="raw_threads → filtered_threads → augmented_prompts for one dump partition.")
+
+training_chain_job = dg.define_asset_job(
+    "training_chain", selection=dg.AssetSelection.assets("base_model", "tokenized_parquet", "lora_checkpoint",
+                                                         "eval_report"),
+    description="The training set of all dump partitions, the adapter and its eval report.")
+
+
+def dump_digests(inbox: DumpInbox) -> dict[str, str]:
+    """Content hash of every dump in the inbox, by partition key."""
+    return {p.name: dump_digest(p) for p in find_dumps(inbox.folder())}
+
+
+@dg.sensor(job=dump_stages_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="New or changed dumps in the inbox: register the partition and run its data stages.")
+def inbox_sensor(context: dg.SensorEvaluationContext, inbox: DumpInbox) -> dg.SensorResult | dg.SkipReason:
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    current = dump_digests(inbox)
+    changed = sorted(name for name, digest in current.items() if seen.get(name) != digest)
+    removed = sorted(set(seen) - set(current))
+    for name in removed:
+        context.log.warning(f"dump {name!r} left the inbox; its partition and artifacts are kept")
+    if not changed:
+        return dg.SkipReason("no new or changed dumps" + (f"; removed: {', '.join(removed)}" if removed else ""))
+    registered = set(context.instance.get_dynamic_partitions(dumps.name))
+    new = [name for name in changed if name not in registered]
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=name, run_key=f"{name}@{current[name][:16]}",
+                                    tags={"gcrp/dump_sha256": current[name]}) for name in changed],
+        dynamic_partitions_requests=[dumps.build_add_request(new)] if new else [],
+        cursor=json.dumps(current, sort_keys=True),
+    )
+
+
+@dg.schedule(cron_schedule="0 3 * * 1", target=DATA_STAGES, execution_timezone="UTC",
+             default_status=dg.DefaultScheduleStatus.STOPPED,
+             description="Weekly refresh of the data stages of every dump partition (never training).")
+def weekly_data_refresh(context: dg.ScheduleEvaluationContext):
+    stamp = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    for name in sorted(context.instance.get_dynamic_partitions(dumps.name)):
+        yield dg.RunRequest(partition_key=name, run_key=f"refresh-{stamp}-{name}", asset_selection=[
+            dg.AssetKey("raw_threads"), dg.AssetKey("filtered_threads"), dg.AssetKey("augmented_prompts")])
+    yield dg.RunRequest(run_key=f"refresh-{stamp}-training-set", asset_selection=[dg.AssetKey("tokenized_parquet")])
+
+
+data_automation = dg.AutomationConditionSensorDefinition(
+    "data_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Data stages follow upstream data-version changes; eval_report follows a new checkpoint.")
