@@ -61,7 +61,7 @@ def test_every_asset_materializes_and_every_check_passes(chain):
     assert materialized == {(key, dump) for key in PER_DUMP for dump in DUMPS} | {
         ("tokenized_parquet", None), ("base_model", None), ("lora_checkpoint", None), ("eval_report", None)}
     checks = [c for r in outcome.results for c in r.get_asset_check_evaluations()]
-    assert len(checks) == 10 and all(c.passed for c in checks), [(c.check_name, c.passed) for c in checks]
+    assert len(checks) == 11 and all(c.passed for c in checks), [(c.check_name, c.passed) for c in checks]
 
 
 def test_counts_add_up_and_rejects_are_recorded(chain):
@@ -136,6 +136,15 @@ def test_adapter_loads_changes_logits_and_lowers_held_out_loss(chain, tiny_model
     assert f"{report['model_turn_loss_base']:.4g}" in text and "## Generations" in text
     summary = json.loads(open(report["path"] + "/report.json").read())["summary"]
     assert summary["model_turn_loss_adapter"] == report["model_turn_loss_adapter"]
+    # The paired bootstrap CI over threads brackets the mean per-thread difference, which is negative here.
+    assert summary["loss_delta_ci_low"] <= summary["loss_delta_mean_per_thread"] <= summary["loss_delta_ci_high"] < 0
+    assert len(summary["per_thread_loss"]) == summary["eval_threads"] >= 4
+    speakers = summary["speaker_selection"]
+    assert speakers["adapter"]["n"] == speakers["base"]["n"] > 0
+    assert set(speakers["baselines"]) == {"most_recent_other", "round_robin", "most_frequent"}
+    page = open(report["report_html"]).read()
+    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
+    assert "src=\"http" not in page and "href=\"http" not in page  # self-contained
 
 
 def test_checkpoint_lineage_walks_back_to_the_dump_files(chain):

@@ -40,7 +40,7 @@ def per_row_nll(model, rows: list[dict], pad_id: int, batch_size: int = 4) -> li
 
     out: list[tuple[float, int]] = []
     model.eval()
-    backbone, head = _backbone_and_head(model)
+    backbone, head = backbone_and_head(model)
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
             batch = collate(rows[i:i + batch_size], pad_id)
@@ -57,7 +57,7 @@ def per_row_nll(model, rows: list[dict], pad_id: int, batch_size: int = 4) -> li
     return out
 
 
-def _backbone_and_head(model):
+def backbone_and_head(model):
     """The decoder stack and the LM head of a (PEFT-wrapped) causal LM; LoRA layers stay in place."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings()
@@ -95,14 +95,16 @@ def generation_cases(samples: list[dict], fmt: ChatFormat, tokenizer, max_prompt
     return cases
 
 
-def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> tuple[str, bool]:
+    """Greedy continuation of `prompt` (stop strings off), and whether it ran into max_new_tokens."""
     import torch
 
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=False)
+    new = out[0, ids["input_ids"].shape[1]:]
+    return tokenizer.decode(new, skip_special_tokens=False), len(new) >= max_new_tokens
 
 
 def cut_reply(continuation: str, fmt: ChatFormat) -> tuple[str, str]:

@@ -31,3 +31,24 @@ def loss_curve_png(history: list[dict]) -> bytes:
 
 def markdown_image(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def paired_scatter_png(base: list[float], adapter: list[float]) -> bytes:
+    """Per-thread loss, base (x) against adapter (y), with the y = x line: points below it improved."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(base, adapter, s=18)
+    if base and adapter:
+        lo, hi = min(base + adapter), max(base + adapter)
+        ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
+    ax.set_xlabel("base loss per thread")
+    ax.set_ylabel("adapter loss per thread")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()

@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gcrp_assets.lib.evaluation import backbone_and_head as _backbone_and_head
 from gcrp_assets.lib.formats import ChatFormat, generation_prompt
 
 NORMALIZATIONS = (None, "tokens", "chars", "bytes")
@@ -41,12 +42,6 @@ class CandidateScore:
         if length is None:
             raise ValueError(f"unknown normalization {by!r}; choose one of {NORMALIZATIONS}")
         return self.logprob / length
-
-
-def _backbone_and_head(model):
-    """The decoder stack and the LM head of a (PEFT-wrapped) causal LM; LoRA layers stay in place."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
 
 
 def _input_device(model, backbone):

@@ -10,7 +10,8 @@ from gcrp_assets.lib.tokenization import IGNORE
 
 
 def load_split(path: Path, split: str) -> list[dict]:
-    table = pq.read_table(path, columns=["sample_id", "window", "split", "input_ids", "labels", "n_trained"])
+    table = pq.read_table(path, columns=["sample_id", "window", "thread_key", "split", "input_ids", "labels",
+                                              "n_trained"])
     return [row for row in table.to_pylist() if row["split"] == split]
 
 
