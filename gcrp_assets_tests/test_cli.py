@@ -1,0 +1,141 @@
+"""Every command of the README's "Running stages from the command line" section, run as a user runs it."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from gcrp_assets.defs.artifacts import latest_materialization
+from gcrp_assets_tests.factories import thread, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_model_dir):
+    base = tmp_path_factory.mktemp("cli")
+    inbox = base / "inbox"
+    write_jsonl(inbox / "a.jsonl", [thread(f"a{i}", 2 + i % 3, 7 + i % 4) for i in range(8)])
+    write_jsonl(inbox / "b.jsonl", [thread(f"b{i}", 3 + i % 2, 8) for i in range(6)], {2: "{broken"})
+    home = base / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    return {**os.environ, "DAGSTER_HOME": str(home), "GCRP_INBOX": str(inbox),
+            "GCRP_ARTIFACTS": str(base / "artifacts"), "GCRP_BASE_MODEL": str(tiny_model_dir)}
+
+
+def run(env, *args, timeout=300):
+    done = subprocess.run([str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def materialization(env, key, partition=None):
+    os.environ["DAGSTER_HOME"], previous = env["DAGSTER_HOME"], os.environ.get("DAGSTER_HOME")
+    try:
+        with dg.DagsterInstance.get() as instance:
+            m = latest_materialization(instance, key, partition)
+            return {k: v.value for k, v in m.metadata.items()} if m else None
+    finally:
+        if previous is None:
+            del os.environ["DAGSTER_HOME"]
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+
+
+def test_register_then_launch_one_partition_by_job_and_by_assets(env):
+    out = run(env, BIN / "python", "-m", "gcrp_assets.cli", "register")
+    assert "a.jsonl, b.jsonl" in out.stdout
+    run(env, BIN / "dg", "launch", "--job", "dump_stages", "--partition", "a.jsonl")
+    assert materialization(env, "augmented_prompts", "a.jsonl")["samples"] == 8
+    run(env, BIN / "dg", "launch", "--assets", "raw_threads,filtered_threads,augmented_prompts", "--partition", "b.jsonl")
+    raw = materialization(env, "raw_threads", "b.jsonl")
+    assert raw["rejected_lines"] == 1 and raw["threads"] == 6
+
+
+def test_config_override_from_json_and_yaml(env, tmp_path):
+    run(env, BIN / "dg", "launch", "--assets", "base_model,tokenized_parquet", "--config-json",
+        json.dumps({"ops": {"tokenized_parquet": {"config": {"format": "herrsimian", "dumps": ["a.jsonl"]}}}}))
+    tokenized = materialization(env, "tokenized_parquet")
+    assert tokenized["format"] == "herrsimian" and tokenized["dumps"] == ["a.jsonl"]
+    config = tmp_path / "run.yaml"
+    config.write_text("ops:\n  tokenized_parquet:\n    config:\n      format: chatml\n      max_length: 1024\n")
+    run(env, BIN / "dg", "launch", "--assets", "tokenized_parquet", "-c", config)
+    tokenized = materialization(env, "tokenized_parquet")
+    assert tokenized["format"] == "chatml" and tokenized["dumps"] == ["a.jsonl", "b.jsonl"]
+
+
+def test_one_stage_and_everything_downstream(env, tmp_path):
+    config = tmp_path / "small.yaml"
+    config.write_text(
+        "ops:\n"
+        "  tokenized_parquet: {config: {max_length: 512, min_eval_threads: 2}}\n"
+        "  lora_checkpoint: {config: {max_steps: 2, max_length: 512, precision: fp32}}\n"
+        "  eval_report: {config: {max_generations: 1, max_new_tokens: 4, speaker_turns: 2, precision: fp32,"
+        " bootstrap_resamples: 200}}\n")
+    run(env, BIN / "dg", "launch", "--assets", "tokenized_parquet+", "-c", config, timeout=600)
+    checkpoint = materialization(env, "lora_checkpoint")
+    assert checkpoint["steps"] == 2 and checkpoint["trained_on_dumps"] == ["a.jsonl", "b.jsonl"]
+    assert materialization(env, "eval_report")["generations"] == 1
+    out = run(env, BIN / "python", "-m", "gcrp_assets.cli", "report-path")
+    assert out.stdout.startswith("Eval report: ") and out.stdout.strip().endswith("report.md")
+
+
+def _start_daemon(env):
+    """`dagster-daemon run` in its own process group with default signal handlers, so SIGINT stops it whole."""
+    def reset_signals():
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=reset_signals)
+
+
+def _stop(process):
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_job_backfill_of_every_partition(env):
+    before = {p: materialization(env, "raw_threads", p)["data_version"] for p in ("a.jsonl", "b.jsonl")}
+    run(env, BIN / "dagster", "job", "backfill", "-w", "workspace.yaml", "-j", "dump_stages", "--all", "--noprompt")
+    # The backfill's runs are queued; the daemon (as under `make dev`) launches them.
+    daemon = _start_daemon(env)
+    os.environ["DAGSTER_HOME"], previous = env["DAGSTER_HOME"], os.environ.get("DAGSTER_HOME")
+    try:
+        with dg.DagsterInstance.get() as instance:
+            backfill_id = instance.get_backfills()[0].backfill_id
+            deadline = time.time() + 240
+            while True:
+                runs = instance.get_runs(filters=dg.RunsFilter(job_name="dump_stages",
+                                                               tags={"dagster/backfill": backfill_id}))
+                if len(runs) == 2 and all(r.is_finished for r in runs):
+                    break
+                assert time.time() < deadline, [r.status for r in runs]
+                time.sleep(2)
+            assert sorted(r.tags["dagster/partition"] for r in runs) == ["a.jsonl", "b.jsonl"]
+            assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    finally:
+        _stop(daemon)
+        if previous is None:
+            del os.environ["DAGSTER_HOME"]
+        else:
+            os.environ["DAGSTER_HOME"] = previous
+    # Unchanged dumps: the backfill reused every artifact and kept the data versions.
+    for partition, version in before.items():
+        after = materialization(env, "raw_threads", partition)
+        assert after["data_version"] == version and after["cached"] is True
