@@ -10,7 +10,8 @@ from pathlib import Path
 import dagster as dg
 
 from gcrp_assets.defs.artifacts import Built, build_or_reuse, code_version, load_built, read_manifest, upstream, write_manifest
-from gcrp_assets.defs.configs import LoraConfig, TokenizeConfig
+from gcrp_assets.defs.configs import TokenizeConfig
+from gcrp_assets.defs.training_config import LoraConfig
 from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource
 from gcrp_assets.lib.base_model import check_hf_model_dir, convert_gguf, packaged_gguf
 from gcrp_assets.lib.hashing import sha256_file, sha256_json, sha256_tree, short
