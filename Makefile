@@ -19,7 +19,7 @@ export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup run test clean dev
+.PHONY: setup run test test-deps clean dev
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,14 @@ setup: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
 run: setup
 	$(BIN)/python -m gcrp_assets.cli run
 
+## Debian's chromium for the web-UI screenshot test (installed when running as root).
+test-deps:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium is not installed: the screenshot test will be skipped"
+
 ## The test suite (what CI runs).
-test: setup
+test: setup test-deps
 	$(BIN)/python -m pytest -q
 
 ## The web UI on http://127.0.0.1:3000 with every materialization of this instance.
