@@ -197,3 +197,23 @@ def test_data_outputs_are_byte_identical_across_runs(tmp_path, tiny_model_dir):
             outputs.append({p.relative_to(tmp_path / attempt).as_posix(): p.read_bytes()
                             for p in sorted((tmp_path / attempt).rglob("*.parquet"))})
     assert len(outputs[0]) == 12 and outputs[0] == outputs[1]
+
+
+def test_changing_one_stage_config_reruns_it_and_downstream_only(tmp_path, tiny_model_dir):
+    from gcrp_assets.defs.configs import FilterConfig
+
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        defs = build_defs(_resources(tmp_path / "art", tiny_model_dir))
+        instance.add_dynamic_partitions("dumps", [DUMPS[0]])
+        job = defs.resolve_job_def("dump_stages")
+        assert job.execute_in_process(instance=instance, partition_key=DUMPS[0]).success
+        before = {k: _metadata(instance, k, DUMPS[0]) for k in PER_DUMP}
+        changed = dg.RunConfig(ops={"filtered_threads": FilterConfig(min_turns=8)})
+        assert job.execute_in_process(instance=instance, partition_key=DUMPS[0], run_config=changed).success
+        after = {k: _metadata(instance, k, DUMPS[0]) for k in PER_DUMP}
+    assert after["raw_threads"]["cached"] is True
+    assert after["raw_threads"]["data_version"] == before["raw_threads"]["data_version"]
+    assert after["filtered_threads"]["cached"] is False and after["augmented_prompts"]["cached"] is False
+    assert after["filtered_threads"]["threads_kept"] < before["filtered_threads"]["threads_kept"]
+    assert after["augmented_prompts"]["data_version"] != before["augmented_prompts"]["data_version"]
