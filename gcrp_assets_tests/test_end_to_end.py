@@ -142,6 +142,9 @@ def test_adapter_loads_changes_logits_and_lowers_held_out_loss(chain, tiny_model
     speakers = summary["speaker_selection"]
     assert speakers["adapter"]["n"] == speakers["base"]["n"] > 0
     assert set(speakers["baselines"]) == {"most_recent_other", "round_robin", "most_frequent"}
+    card = open(report["model_card"]).read()
+    assert card.startswith("---\nlibrary_name: peft") and "[INST]system" in card and "## Known issues (measured)" in card
+    assert f"{summary['model_turn_loss_adapter']:.4g}" in card and "moonlit_guild.jsonl" in card
     page = open(report["report_html"]).read()
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
     assert "src=\"http" not in page and "href=\"http" not in page  # self-contained

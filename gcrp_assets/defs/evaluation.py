@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from gcrp_assets.defs.artifacts import build_or_reuse, code_version, upstream
+from gcrp_assets.defs.artifacts import build_or_reuse, code_version, read_manifest, upstream
 from gcrp_assets.defs.automation import follow_new_checkpoint
 from gcrp_assets.defs.configs import EvalConfig
 from gcrp_assets.defs.resources import ArtifactStore
@@ -14,6 +14,7 @@ from gcrp_assets.lib import eval_metrics as em
 from gcrp_assets.lib import evaluation as ev
 from gcrp_assets.lib import speaker_selection as ss
 from gcrp_assets.lib.formats import get_format
+from gcrp_assets.lib.model_card import dataset_statistics, model_card
 from gcrp_assets.lib.parquet import read_rows
 from gcrp_assets.lib.plots import paired_scatter_png
 from gcrp_assets.lib.precision import autocast, resolve_precision
@@ -23,6 +24,7 @@ from gcrp_assets.lib.training_data import load_split
 
 EVAL_CODE = code_version("lib/evaluation.py", "lib/eval_metrics.py", "lib/speaker_selection.py", "lib/report.py",
                          "lib/formats.py", "lib/training_data.py", "lib/precision.py", "lib/plots.py",
+                         "lib/model_card.py",
                          "defs/evaluation.py")
 
 
@@ -146,6 +148,8 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, store: Ar
     base = upstream(context, "base_model")
     inputs = {"code": EVAL_CODE, "config": config.model_dump(), "lora_checkpoint": adapter.data_version,
               "tokenized_parquet": data.data_version, "base_model": base.data_version}
+    dumps = sorted((read_manifest(data.path) or {}).get("inputs", {}).get("augmented_prompts", {}))
+    sample_sources = [upstream(context, "augmented_prompts", dump) for dump in dumps]
 
     def build(folder: Path) -> dict:
         import torch
@@ -184,6 +188,13 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, store: Ar
                  if (adapter.path / "loss_curve.png").exists() else None,
                  "thread_losses": paired_scatter_png([t["base"] for t in thread_losses],
                                                      [t["adapter"] for t in thread_losses])}
+        all_samples = [s for up in sample_sources for s in read_rows(up.path / "samples.parquet")]
+        card = model_card(fmt=fmt, bos_token=tokenizer.bos_token, example=samples[0], stats=dataset_statistics(all_samples),
+                          training=training, summary=summary,
+                          lineage={"base_model_path": str(base.path), "base_model_version": base.data_version,
+                                   "tokenized_version": data.data_version, "presets": False})
+        (folder / "model_card.md").write_text(card, "utf-8")
+        (adapter.path / "README.md").write_text(card, "utf-8")  # the card travels with the adapter
         report = markdown_report(summary, cases)
         (folder / "report.md").write_text(report, "utf-8")
         (folder / "report.html").write_text(html_report(summary, cases, plots), "utf-8")
@@ -202,6 +213,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, store: Ar
             "generations": g["n"],
             "report_path": dg.MetadataValue.path(str(folder / "report.md")),
             "report_html": dg.MetadataValue.path(str(folder / "report.html")),
+            "model_card": dg.MetadataValue.path(str(adapter.path / "README.md")),
             "report": dg.MetadataValue.md(report),
         }
 
