@@ -80,7 +80,7 @@ def model_card(*, fmt: ChatFormat, bos_token: str | None, example: dict, stats: 
         "The tokenizer saved with this adapter carries a chat template that reproduces this format exactly "
         "(`apply_chat_template` with `role` and `name` per message).",
         "",
-        f"**Stop strings**: {', '.join(f'`{s!r}`'[1:-1] for s in fmt.stop_strings)}",
+        "**Stop strings**: " + ", ".join(f"`{s!r}`" for s in fmt.stop_strings),
         "",
         f"**Recommended sampling**: temperature {sampling['temperature']}, min_p {sampling['min_p']}; no "
         "repetition/frequency/presence penalties (they penalise the turn markers).",
