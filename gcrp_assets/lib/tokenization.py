@@ -1,15 +1,40 @@
 """Samples to model-ready rows: render once, tokenize once, labels from character offsets.
 
 A token trains when it lies wholly inside a trained span of the rendered string (model turns:
-name, text and terminator; raw-text formats: everything). Samples longer than `max_length` are
-cut into windows at turn boundaries, each window starting again with BOS and the system prompt;
-a window is rendered and tokenized as a whole, so its token boundaries match inference.
+name, text and terminator; raw-text formats: everything; see `formats` for label policies).
+Samples longer than `max_length` are cut into windows at turn boundaries, each window starting
+again with BOS and the system prompt; a window is rendered and tokenized as a whole, so its token
+boundaries match inference. With `overlap_turns=K` each window after the first starts K turns
+before the previous window's end; those turns are context only (never trained twice). Cost: one
+tokenization of the whole sample plus one per window (never one per turn prefix);
+`tokenize_samples` batches both over many samples.
+
+Special tokens (the rule): a control token is produced only where the *format* writes it (BOS,
+EOS, role prefixes/suffixes, separators). Free text — the system prompt, names, message text —
+never becomes a control token: a user who types `[INST]` gets the pieces of that spelling, not the
+`[INST]` id. Concretely the rendered string is scanned for the spellings of the tokenizer's special
+added tokens. If every occurrence lies in format text (the normal case), the string is tokenized in
+one call, exactly as `tokenizer(text, add_special_tokens=False)` does at inference (a marker the
+tokenizer defines as a special token becomes its single id; one the tokenizer does not define stays
+plain text). If a spelling occurs inside free text, the string is cut at the format's own special
+tokens only, those become their ids, and the pieces between them are tokenized with
+`split_special_tokens=True`. Hugging Face tokenizers already cut the text at special tokens before
+pre-tokenization, so for text without such spellings both paths give identical ids; with them, the
+ids are those of an inference stack that keeps control tokens out of user text (mistral-common,
+or a template renderer that tokenizes content separately). Limit: a special token whose
+`lstrip`/`rstrip` flag swallows neighbouring whitespace is not emulated on the split path.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import re
+import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+import numpy as np
 
 from gcrp_assets.lib.formats import ChatFormat, Rendered, render
 
@@ -23,10 +48,15 @@ class Tokenized:
     text: str
     first_turn: int
     last_turn: int  # exclusive
+    train_from: int | None = None  # turns [first_turn, train_from) are overlap context; None: first_turn
 
     @property
     def n_trained(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE)
+        return len(self.labels) - self.labels.count(IGNORE)
+
+    @property
+    def first_trained_turn(self) -> int:
+        return self.first_turn if self.train_from is None else self.train_from
 
 
 @dataclass(frozen=True)
@@ -38,67 +68,401 @@ class Dropped:
 
 
 def labels_for(rendered: Rendered, input_ids: list[int], offsets: list[tuple[int, int]]) -> list[int]:
-    spans = [(b.train_start, b.end) for b in rendered.blocks if b.trained and b.end > b.train_start]
-    starts = [s for s, _ in spans]
-    labels = []
-    for token, (a, b) in zip(input_ids, offsets):
+    """Token id where the token lies wholly inside a trained span, else IGNORE."""
+    spans = rendered.trained_spans()
+    if not spans or not input_ids:
+        return [IGNORE] * len(input_ids)
+    ids = np.asarray(input_ids, dtype=np.int64)
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    starts = np.fromiter((s for s, _ in spans), dtype=np.int64, count=len(spans))
+    ends = np.fromiter((e for _, e in spans), dtype=np.int64, count=len(spans))
+    at = np.searchsorted(starts, off[:, 0], side="right") - 1
+    inside = (at >= 0) & (off[:, 1] > off[:, 0]) & (off[:, 1] <= ends[np.maximum(at, 0)])
+    return np.where(inside, ids, IGNORE).tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding with the special-token rule
+
+
+class _TokenizerInfo:
+    def __init__(self, tokenizer):
+        specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+        decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        specials |= {tok.content for tok in decoder.values() if getattr(tok, "special", False)}
+        specials.discard("")
+        self.n_added = len(decoder)
+        self.special_re = (re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+                           if specials else None)
+        self.special_ids = {s: tokenizer.convert_tokens_to_ids(s) for s in specials}
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        # Calling the Rust tokenizer directly skips per-call Python overhead; only when transformers
+        # would not change its truncation/padding settings first.
+        self.backend = (backend if backend is not None and getattr(backend, "truncation", None) is None
+                        and getattr(backend, "padding", None) is None else None)
+
+
+_INFO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _info(tokenizer) -> _TokenizerInfo:
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    try:
+        info = _INFO.get(tokenizer)
+    except TypeError:
+        return _TokenizerInfo(tokenizer)
+    if info is None or info.n_added != len(decoder):
+        info = _TokenizerInfo(tokenizer)
+        try:
+            _INFO[tokenizer] = info
+        except TypeError:
+            pass
+    return info
+
+
+@contextlib.contextmanager
+def _special_tokens_mode(tokenizer, split: bool):
+    """Set the Rust tokenizer's `encode_special_tokens` for one call and restore it afterwards
+    (transformers leaves it at the last call's `split_special_tokens`)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    previous = getattr(backend, "encode_special_tokens", None)
+    if previous is None:
+        yield
+        return
+    backend.encode_special_tokens = split
+    try:
+        yield
+    finally:
+        backend.encode_special_tokens = previous
+
+
+def _marker_matches(info: _TokenizerInfo, rendered: Rendered) -> tuple[list[re.Match], bool]:
+    """Special-token spellings in the text, and whether all of them lie in format (marker) text."""
+    if info.special_re is None:
+        return [], True
+    matches = list(info.special_re.finditer(rendered.text))
+    if not matches:
+        return matches, True
+    content = sorted(rendered.content_spans())
+    starts = [s for s, _ in content]
+    safe = True
+    for m in matches:
+        a, b = m.span()
         i = bisect.bisect_right(starts, a) - 1
-        inside = i >= 0 and spans[i][0] <= a and b <= spans[i][1] and b > a
-        labels.append(token if inside else IGNORE)
+        if (i >= 0 and content[i][1] > a) or (i + 1 < len(content) and content[i + 1][0] < b):
+            safe = False
+            break
+    return matches, safe
+
+
+def _split_encode(tokenizer, info: _TokenizerInfo, rendered: Rendered,
+                  matches: list[re.Match]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Cut at the format's own special tokens; tokenize the pieces between with specials split."""
+    content = sorted(rendered.content_spans())
+    starts = [s for s, _ in content]
+
+    def in_marker(a: int, b: int) -> bool:
+        i = bisect.bisect_right(starts, a) - 1
+        return not ((i >= 0 and content[i][1] > a) or (i + 1 < len(content) and content[i + 1][0] < b))
+
+    text = rendered.text
+    cuts = [m for m in matches if in_marker(*m.span())]
+    pieces, pos = [], 0
+    for m in cuts:
+        pieces.append((pos, m.start()))
+        pos = m.end()
+    pieces.append((pos, len(text)))
+    nonempty = [(a, b) for a, b in pieces if b > a]
+    encoded = {}
+    if nonempty:
+        with _special_tokens_mode(tokenizer, split=True):
+            enc = tokenizer([text[a:b] for a, b in nonempty], add_special_tokens=False,
+                            return_offsets_mapping=True, split_special_tokens=True)
+        for (a, b), ids, offs in zip(nonempty, enc["input_ids"], enc["offset_mapping"]):
+            encoded[a] = (list(ids), [(a + s, a + e) for s, e in offs])
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    for k, (a, b) in enumerate(pieces):
+        if b > a:
+            ids += encoded[a][0]
+            offsets += encoded[a][1]
+        if k < len(cuts):
+            m = cuts[k]
+            ids.append(info.special_ids[m.group()])
+            offsets.append(m.span())
+    return ids, offsets
+
+
+class _Encoded:
+    """Token ids of one text, with the offsets fetched lazily: when the Rust `Encoding` is at hand,
+    labels need only a few `char_to_token` look-ups per trained span instead of every offset."""
+
+    __slots__ = ("ids", "_offsets", "encoding")
+
+    def __init__(self, ids: list[int], offsets: list[tuple[int, int]] | None = None, encoding=None):
+        self.ids, self._offsets, self.encoding = ids, offsets, encoding
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        if self._offsets is None:
+            self._offsets = self.encoding.offsets
+        return self._offsets
+
+    def labels(self, rendered: Rendered) -> list[int]:
+        if self.encoding is None:
+            return labels_for(rendered, self.ids, self.offsets)
+        return _labels_from_encoding(rendered, self.ids, self.encoding)
+
+
+def _labels_from_encoding(rendered: Rendered, ids: list[int], encoding) -> list[int]:
+    """`labels_for`, for offsets that never decrease (fast tokenizers): the tokens inside a span are
+    a run from the first token starting at or after its start to the last token ending by its end."""
+    n = len(ids)
+    labels = [IGNORE] * n
+    starts = encoding.token_to_chars
+    for s, e in rendered.trained_spans():
+        first = last = None
+        for p in range(s, e):
+            t = encoding.char_to_token(p)
+            if t is not None:
+                while t < n and starts(t)[0] < s:
+                    t += 1
+                first = t
+                break
+        if first is None or first >= n:
+            continue
+        for p in range(e - 1, s - 1, -1):
+            t = encoding.char_to_token(p)
+            if t is not None:
+                while t + 1 < n and starts(t + 1)[0] < e and starts(t + 1)[1] <= e:
+                    t += 1
+                while t >= 0 and starts(t)[1] > e:
+                    t -= 1
+                last = t
+                break
+        if last is not None and last >= first:
+            labels[first:last + 1] = ids[first:last + 1]
     return labels
 
 
+def _encode_texts(tokenizer, info: _TokenizerInfo, texts: list[str]) -> list[_Encoded]:
+    if not texts:
+        return []
+    if info.backend is not None:
+        with _special_tokens_mode(tokenizer, split=False):
+            encodings = info.backend.encode_batch(texts, add_special_tokens=False)
+        return [_Encoded(e.ids, None, e) for e in encodings]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return [_Encoded(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(enc["input_ids"], enc["offset_mapping"])]
+
+
+def _encode_batch(tokenizer, rendered: list[Rendered]) -> list[_Encoded]:
+    info = _info(tokenizer)
+    out: list = [None] * len(rendered)
+    plain: list[int] = []
+    for k, r in enumerate(rendered):
+        matches, safe = _marker_matches(info, r)
+        if safe:
+            plain.append(k)
+        else:
+            out[k] = _Encoded(*_split_encode(tokenizer, info, r, matches))
+    for k, result in zip(plain, _encode_texts(tokenizer, info, [rendered[k].text for k in plain])):
+        out[k] = result
+    return out
+
+
+def encode_rendered_batch(tokenizer, rendered: list[Rendered]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """(input_ids, offsets) per rendered sample, following the special-token rule (module docstring)."""
+    return [(e.ids, e.offsets) for e in _encode_batch(tokenizer, rendered)]
+
+
+def encode_rendered(tokenizer, rendered: Rendered) -> tuple[list[int], list[tuple[int, int]]]:
+    return encode_rendered_batch(tokenizer, [rendered])[0]
+
+
 def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Plain text (no block structure): the tokenizer's own handling of special spellings."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
-def tokenize_rendered(tokenizer, rendered: Rendered, first: int, last: int) -> Tokenized:
-    ids, offsets = _encode(tokenizer, rendered.text)
-    return Tokenized(ids, labels_for(rendered, ids, offsets), rendered.text, first, last)
+def tokenize_rendered(tokenizer, rendered: Rendered, first: int, last: int, *,
+                      train_from: int | None = None) -> Tokenized:
+    [enc] = _encode_batch(tokenizer, [rendered])
+    return Tokenized(enc.ids, enc.labels(rendered), rendered.text, first, last, train_from)
 
 
-def tokenize_sample(sample: dict, fmt: ChatFormat, tokenizer, max_length: int) -> tuple[list[Tokenized], list[Dropped]]:
-    bos = tokenizer.bos_token
-    n_turns = len(sample["turns"])
-    full = render(sample, fmt, bos)
-    ids, offsets = _encode(tokenizer, full.text)
-    if len(ids) <= max_length:
-        return [Tokenized(ids, labels_for(full, ids, offsets), full.text, 0, n_turns)], []
+# --------------------------------------------------------------------------------------------
+# Windows
 
-    # Token cost of each block, from the one full tokenization: starts of blocks in token positions.
-    token_starts = [a for a, _ in offsets]
-    def tokens_in(block) -> int:
-        return bisect.bisect_left(token_starts, block.end) - bisect.bisect_left(token_starts, block.start)
-    head = sum(tokens_in(b) for b in full.blocks if b.kind in ("bos", "system"))
-    turn_cost = [tokens_in(b) for b in full.blocks if b.turn >= 0]
 
-    windows: list[Tokenized] = []
-    dropped: list[Dropped] = []
-    first = 0
+class _Sample:
+    """Per-sample state shared by the planning and the executing pass."""
+
+    def __init__(self, sample: dict, fmt: ChatFormat, tokenizer, policy: str | None):
+        self.sample, self.fmt, self.policy = sample, fmt, policy
+        self.bos, self.eos = tokenizer.bos_token, tokenizer.eos_token
+        self.n_turns = len(sample["turns"])
+
+    def render(self, turn_range: tuple[int, int] | None = None, train_from: int | None = None) -> Rendered:
+        return render(self.sample, self.fmt, self.bos, turn_range, eos_token=self.eos, label_policy=self.policy,
+                      train_from=train_from)
+
+
+def _costs(full: Rendered, enc: _Encoded) -> tuple[int, list[int]]:
+    """Tokens of BOS + system prompt, and of each turn, from the one full tokenization: the tokens
+    that start inside each block (token starts never decrease)."""
+    n = len(enc.ids)
+    cache: dict[int, int] = {len(full.text): n}
+
+    def at(pos: int) -> int:  # index of the first token starting at or after `pos`
+        if pos in cache:
+            return cache[pos]
+        index = None
+        if enc.encoding is not None:  # a few look-ups instead of every offset
+            for p in range(pos, min(pos + 64, len(full.text))):
+                t = enc.encoding.char_to_token(p)
+                if t is not None:
+                    while t < n and enc.encoding.token_to_chars(t)[0] < pos:
+                        t += 1
+                    index = t
+                    break
+        if index is None:
+            index = bisect.bisect_left(enc.offsets, (pos, -1))
+        cache[pos] = index
+        return index
+
+    head = sum(at(b.end) - at(b.start) for b in full.blocks if b.turn < 0)
+    return head, [at(b.end) - at(b.start) for b in full.blocks if b.turn >= 0]
+
+
+def _window_loop(state: _Sample, head: int, cost: list[int], max_length: int, overlap: int, make):
+    """Turn-boundary windows. `make(ctx, first, last)` returns a Tokenized (or a stand-in with
+    `input_ids`/`n_trained`). Returns (windows, dropped)."""
+    sample_id = state.sample.get("sample_id", "")
+    n_turns = state.n_turns
+    windows, dropped = [], []
+    first = floor = 0
     while first < n_turns:
-        if head + turn_cost[first] > max_length:
-            dropped.append(Dropped(sample["sample_id"], first, "turn_exceeds_max_length",
-                                   f"turn {first} needs {turn_cost[first]} tokens + {head} of system prompt "
+        if head + cost[first] > max_length:
+            dropped.append(Dropped(sample_id, first, "turn_exceeds_max_length",
+                                   f"turn {first} needs {cost[first]} tokens + {head} of system prompt "
                                    f"> max_length {max_length}"))
             first += 1
+            floor = first
             continue
-        last, used = first, head
-        while last < n_turns and used + turn_cost[last] <= max_length:
-            used += turn_cost[last]
+        ctx = max(floor, first - overlap)
+        used = head + sum(cost[ctx:first])
+        while ctx < first and used + cost[first] > max_length:
+            used -= cost[ctx]
+            ctx += 1
+        last = first
+        while last < n_turns and used + cost[last] <= max_length:
+            used += cost[last]
             last += 1
-        window = tokenize_rendered(tokenizer, render(sample, fmt, bos, (first, last)), first, last)
-        # Re-tokenizing a window can merge differently at its edges; shrink until it fits.
-        while len(window.input_ids) > max_length and last - first > 1:
-            last -= 1
-            window = tokenize_rendered(tokenizer, render(sample, fmt, bos, (first, last)), first, last)
+        window = make(ctx, first, last)
+        # Re-tokenizing a window can merge differently at its edges; shrink until it fits
+        # (context turns go first, then trailing turns).
+        while len(window.input_ids) > max_length and (ctx < first or last - first > 1):
+            if ctx < first:
+                ctx += 1
+            else:
+                last -= 1
+            window = make(ctx, first, last)
         if len(window.input_ids) > max_length:
-            dropped.append(Dropped(sample["sample_id"], first, "turn_exceeds_max_length",
+            dropped.append(Dropped(sample_id, first, "turn_exceeds_max_length",
                                    f"turn {first} does not fit in max_length {max_length}"))
+            floor = last
         elif window.n_trained == 0:
-            dropped.append(Dropped(sample["sample_id"], first, "no_trained_tokens",
-                                   f"turns {first}..{last - 1} hold no model turn"))
+            dropped.append(Dropped(sample_id, first, "no_trained_tokens",
+                                   f"turns {first}..{last - 1} hold no trained token"))
         else:
             windows.append(window)
         first = last
     return windows, dropped
+
+
+class _Estimate:
+    """A planned window before tokenization: its estimated length, assumed trainable."""
+    n_trained = 1
+
+    def __init__(self, length: int):
+        self.input_ids = range(length)
+
+
+def _check_overlap(overlap_turns: int) -> int:
+    if not isinstance(overlap_turns, int) or overlap_turns < 0:
+        raise ValueError(f"overlap_turns must be a non-negative integer, got {overlap_turns!r}")
+    return overlap_turns
+
+
+def tokenize_samples(samples: Iterable[dict], fmt: ChatFormat, tokenizer, max_length: int, *,
+                     label_policy: str | None = None, overlap_turns: int = 0,
+                     batch_size: int = 128) -> Iterator[tuple[list[Tokenized], list[Dropped]]]:
+    """`tokenize_sample` over many samples, batching the tokenizer calls; yields in input order.
+
+    Per batch: render every sample once and tokenize the texts in one call; plan the windows of
+    samples that do not fit from those token counts; tokenize all planned windows in one more call.
+    Only a window whose re-tokenization overshoots is tokenized again on its own.
+    """
+    overlap = _check_overlap(overlap_turns)
+    batch: list[dict] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) >= batch_size:
+            yield from _tokenize_batch(batch, fmt, tokenizer, max_length, label_policy, overlap)
+            batch = []
+    if batch:
+        yield from _tokenize_batch(batch, fmt, tokenizer, max_length, label_policy, overlap)
+
+
+def _tokenize_batch(samples: list[dict], fmt: ChatFormat, tokenizer, max_length: int, label_policy: str | None,
+                    overlap: int) -> list[tuple[list[Tokenized], list[Dropped]]]:
+    states = [_Sample(s, fmt, tokenizer, label_policy) for s in samples]
+    fulls = [state.render() for state in states]
+    encoded = _encode_batch(tokenizer, fulls)
+    results: list = [None] * len(samples)
+    plans: list[tuple[int, tuple[int, int], list[tuple[int, int, int]]]] = []
+    for k, (state, full, enc) in enumerate(zip(states, fulls, encoded)):
+        if len(enc.ids) <= max_length:
+            results[k] = ([Tokenized(enc.ids, enc.labels(full), full.text, 0, state.n_turns, 0)], [])
+            continue
+        head, cost = _costs(full, enc)
+        keys: list[tuple[int, int, int]] = []
+
+        def plan(ctx, first, last, head=head, cost=cost, keys=keys):
+            keys.append((ctx, first, last))
+            return _Estimate(head + sum(cost[ctx:last]))
+
+        _window_loop(state, head, cost, max_length, overlap, plan)
+        plans.append((k, (head, tuple(cost)), keys))
+
+    # All planned windows of the batch in one tokenizer call.
+    renders = {(k, key): states[k].render((key[0], key[2]), key[1]) for k, _, keys in plans for key in keys}
+    order = list(renders)
+    done = {}
+    for (k, key), enc in zip(order, _encode_batch(tokenizer, [renders[i] for i in order])):
+        r = renders[(k, key)]
+        done[(k, key)] = Tokenized(enc.ids, enc.labels(r), r.text, key[0], key[2], key[1])
+
+    for k, (head, cost), _ in plans:
+        state = states[k]
+
+        def make(ctx, first, last, k=k, state=state):
+            window = done.get((k, (ctx, first, last)))
+            if window is None:
+                window = tokenize_rendered(tokenizer, state.render((ctx, last), first), ctx, last, train_from=first)
+            return window
+
+        results[k] = _window_loop(state, head, list(cost), max_length, overlap, make)
+    return results
+
+
+def tokenize_sample(sample: dict, fmt: ChatFormat, tokenizer, max_length: int, *, label_policy: str | None = None,
+                    overlap_turns: int = 0) -> tuple[list[Tokenized], list[Dropped]]:
+    """One sample → windows of at most `max_length` tokens, and the turns that could not be kept.
+
+    `label_policy`: None → the format's default (see `formats`). `overlap_turns`: turns of context
+    repeated at the start of each later window (not trained again).
+    """
+    return _tokenize_batch([sample], fmt, tokenizer, max_length, label_policy, _check_overlap(overlap_turns))[0]
