@@ -145,6 +145,9 @@ def test_adapter_loads_changes_logits_and_lowers_held_out_loss(chain, tiny_model
     card = open(report["model_card"]).read()
     assert card.startswith("---\nlibrary_name: peft") and "[INST]system" in card and "## Known issues (measured)" in card
     assert f"{summary['model_turn_loss_adapter']:.4g}" in card and "moonlit_guild.jsonl" in card
+    instruct = json.loads((Path(folder) / "sillytavern-instruct.json").read_text())
+    assert instruct["input_sequence"].strip().startswith("[INST]user") and "[INST]" in instruct["stop_sequence"]
+    assert json.loads((Path(folder) / "sillytavern-context.json").read_text())["story_string"]
     page = open(report["report_html"]).read()
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
     assert "src=\"http" not in page and "href=\"http" not in page  # self-contained

@@ -15,6 +15,7 @@ from gcrp_assets.lib import evaluation as ev
 from gcrp_assets.lib import speaker_selection as ss
 from gcrp_assets.lib.formats import get_format
 from gcrp_assets.lib.model_card import dataset_statistics, model_card
+from gcrp_assets.lib.sillytavern import context_preset, instruct_preset
 from gcrp_assets.lib.parquet import read_rows
 from gcrp_assets.lib.plots import paired_scatter_png
 from gcrp_assets.lib.precision import autocast, resolve_precision
@@ -24,7 +25,7 @@ from gcrp_assets.lib.training_data import load_split
 
 EVAL_CODE = code_version("lib/evaluation.py", "lib/eval_metrics.py", "lib/speaker_selection.py", "lib/report.py",
                          "lib/formats.py", "lib/training_data.py", "lib/precision.py", "lib/plots.py",
-                         "lib/model_card.py",
+                         "lib/model_card.py", "lib/sillytavern.py",
                          "defs/evaluation.py")
 
 
@@ -188,11 +189,18 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, store: Ar
                  if (adapter.path / "loss_curve.png").exists() else None,
                  "thread_losses": paired_scatter_png([t["base"] for t in thread_losses],
                                                      [t["adapter"] for t in thread_losses])}
+        # SillyTavern presets that assemble exactly the training format, beside the adapter and the card.
+        presets = {"sillytavern-instruct.json": instruct_preset(fmt, eos_token=tokenizer.eos_token),
+                   "sillytavern-context.json": context_preset(fmt)}
+        for name, preset in presets.items():
+            text = json.dumps(preset, indent=1, ensure_ascii=False)
+            (folder / name).write_text(text, "utf-8")
+            (adapter.path / name).write_text(text, "utf-8")
         all_samples = [s for up in sample_sources for s in read_rows(up.path / "samples.parquet")]
         card = model_card(fmt=fmt, bos_token=tokenizer.bos_token, example=samples[0], stats=dataset_statistics(all_samples),
                           training=training, summary=summary,
                           lineage={"base_model_path": str(base.path), "base_model_version": base.data_version,
-                                   "tokenized_version": data.data_version, "presets": False})
+                                   "tokenized_version": data.data_version, "presets": True})
         (folder / "model_card.md").write_text(card, "utf-8")
         (adapter.path / "README.md").write_text(card, "utf-8")  # the card travels with the adapter
         report = markdown_report(summary, cases)
