@@ -1,3 +1,5 @@
+import re
+
 from gcrp_assets.lib.markup import looks_like_markup, to_text
 
 
@@ -36,3 +38,73 @@ def test_plain_text_is_not_parsed_as_html():
 def test_empty_markup_is_empty():
     assert to_text("<p> <br> </p>") == ""
     assert to_text("") == ""
+
+
+# --- golden tests, one per cleaning rule -------------------------------------------------------------
+from gcrp_assets.lib.markup import (cap_punctuation_runs, fix_encoding, fix_glued_emphasis,  # noqa: E402
+                                    fix_sentence_spacing, normalize_whitespace, remove_urls, valid_unicode)
+
+
+def test_quoted_replies_are_removed_in_both_markups():
+    assert to_text('<blockquote><b>ravenmoor wrote:</b><br>old words</blockquote><p>New words.</p>') == "New words."
+    assert to_text("[quote=ravenmoor]old words[/quote]New words.") == "New words."
+    assert to_text("[QUOTE]old[/QUOTE]\n\nNew words.") == "New words."
+
+
+def test_images_and_embeds_are_removed():
+    assert to_text('<p>Look.<img src="https://x/y.png" alt=""></p><iframe src="https://v"></iframe>') == "Look."
+    assert to_text("[img]https://forum.example/a.jpg[/img]Look.") == "Look."
+    assert remove_urls("Look. ![a map](https://x.y/map.png)") == "Look. "
+
+
+def test_bare_urls_and_markdown_links():
+    assert to_text("Map here: https://forum.example/t/12?x=1 ok") == "Map here: ok"
+    assert to_text("(see www.example.com/page)") == "(see)"
+    assert to_text("Read [the map](https://x.y/m) first.") == "Read the map first."
+    assert to_text("(https://x.y/only-a-link)") == ""
+    assert remove_urls('She said class="bbCodeBlock" hi') == "She said hi"
+
+
+def test_mojibake_entities_and_controls():
+    assert fix_encoding("donâ€™t") == "don't"
+    assert fix_encoding("caf\u00c3\u00a9") == "café"
+    assert fix_encoding("a\x00b\x07c") == "abc"
+    assert to_text("Tom &amp; Jerry") == "Tom & Jerry"
+
+
+def test_lone_surrogates_are_dropped_and_pairs_joined():
+    assert valid_unicode("a\ud83d\ude00b\ud800c") == "a😀bc"
+    assert to_text("<b>x\udc00</b>y") == "**x** y"
+    to_text("\ud800").encode("utf-8")  # writable
+
+
+def test_whitespace_normalization():
+    assert normalize_whitespace("  a \t b\u00a0c\r\n\r\n\r\n\r\nd\u200be\ufeff ") == "a b c\n\nde"
+
+
+def test_glued_emphasis_gets_a_space():
+    assert fix_glued_emphasis("**Run**now") == "**Run** now"
+    assert fix_glued_emphasis("then**run**") == "then **run**"
+    assert fix_glued_emphasis("she said*softly*and left") == "she said *softly* and left"
+    # Not glued, or not emphasis: unchanged.
+    for text in ("**Run** now", "**Mira**'s blade", "***both***", "5*3*2", "- * bullet", "*a*, *b*."):
+        assert fix_glued_emphasis(text) == text
+    assert to_text("<b>Hi</b>there") == "**Hi** there"
+
+
+def test_punctuation_runs_are_capped_at_three():
+    assert cap_punctuation_runs("No!!!!!! Wait...... ----- ***** ????") == "No!!! Wait... --- *** ???"
+    assert cap_punctuation_runs("Fine... Really?! --- ok!!") == "Fine... Really?! --- ok!!"
+
+
+def test_missing_space_after_sentence_punctuation():
+    assert fix_sentence_spacing("She left.Then he sat!Why?No") == "She left. Then he sat! Why? No"
+    assert fix_sentence_spacing("wait...Then") == "wait... Then"
+    for text in ("Mr.Smith", "e.g.The", "3.14", "St.Louis", "v1.2.Beta", "file.txt", "the end. Then"):
+        assert fix_sentence_spacing(text) == text
+
+
+def test_html_soup_does_not_crash():
+    soup = "<p><b>un<i>closed <div>tags</p></b> &bogus; <<>> [b][i]x[/b] <script>alert(1)</script>"
+    out = to_text(soup)
+    assert "alert" not in out and "tags" in out and not re.search(r"</?[a-z]+>", out)

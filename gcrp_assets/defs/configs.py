@@ -13,11 +13,43 @@ class FilterConfig(dg.Config):
     max_characters: int = Field(7, description="Keep threads with at most this many speaking characters.")
     drop_unattributed: bool = Field(True, description="Drop posts no rule attributes to a character "
                                                       "(always counted in n_unattributed_posts).")
+    ooc_policy: str = Field("strip", description="Out-of-character remarks: 'strip' (remove them, keep the post), "
+                                                 "'keep' (as a name-less '(OOC: ...)' turn after the post, rendered "
+                                                 "as a user turn without a name), or 'drop_post' (drop any post "
+                                                 "with OOC).")
+    max_ooc_share: float = Field(0.5, description="Reject a thread (too_much_ooc) when more than this share of its "
+                                                  "posts hold OOC remarks; 1.0 = never.")
+    min_post_chars: int = Field(10, description="A post with fewer characters left after cleaning is near-empty: "
+                                                "counted in n_empty_posts, not a turn.")
+    max_post_chars: int = Field(20_000, description="Reject a thread (post_too_long) with a roleplay post longer "
+                                                    "than this many characters (rejected, not split); 0 = no limit.")
+    max_unattributed_share: float = Field(0.3, description="Reject a thread (too_many_unattributed) when more than "
+                                                           "this share of its posts is attributable to no "
+                                                           "character; 1.0 = never.")
+    language: str = Field("", description="'' = no language filter; 'en' = reject threads (not_english) whose "
+                                          "English stop-word ratio is below min_language_score.")
+    min_language_score: float = Field(0.2, description="Minimum stop-word ratio for the language filter.")
+    dedup_exact: bool = Field(True, description="Reject exact duplicates (same normalized text) within the dump "
+                                                "(exact_duplicate); the earliest thread_id is kept.")
+    dedup_near: bool = Field(True, description="Reject near duplicates within the dump (near_duplicate): MinHash/LSH "
+                                               "over word shingles; the earliest thread_id is kept.")
+    near_duplicate_threshold: float = Field(0.8, description="MinHash-estimated Jaccard similarity of word "
+                                                             "shingles at or above which a thread is a near "
+                                                             "duplicate.")
+    shingle_words: int = Field(5, description="Words per shingle for near-duplicate detection.")
+    minhash_permutations: int = Field(128, description="MinHash permutations for near-duplicate detection.")
 
 
 class PromptConfig(dg.Config):
     user_character: str = Field("starter", description="Which character the human user plays: 'starter' "
-                                                       "(the thread's first speaker).")
+                                                       "(the thread's first speaker), 'each' (every character in "
+                                                       "turn, one sample each, up to max_variants), or 'random' "
+                                                       "(one, drawn with seed and the thread key).")
+    max_variants: int = Field(3, description="'each': at most this many samples per thread (0 = every character).")
+    seed: int = Field(0, description="'random': seed of the draw (combined with the thread key).")
+    names: str = Field("real", description="Speaker names on turns: 'real' (character names) or 'placeholder' "
+                                           "('{user}', '{char1}', ... with the roster 'Name # {char1}' in the "
+                                           "system prompt; the mapping is the name_map column).")
     sheet_template: str = Field("", description="YAML file with the uniform sheet's fields; empty = 12B card's.")
     system_prompt_template: str = Field("", description="Jinja file for the system prompt; empty = 12B card's.")
 
@@ -25,7 +57,11 @@ class PromptConfig(dg.Config):
 class TokenizeConfig(dg.Config):
     dumps: list[str] = Field([], description="Dump partitions in the training set; empty = every registered dump "
                                              "with materialized samples.")
-    format: str = Field("inst", description="Prompt format: 'inst' (12B [INST]role), 'chatml', 'herrsimian' (::::).")
+    format: str = Field("inst", description="Prompt format: 'inst' (12B [INST]role), 'chatml', 'herrsimian' (::::), "
+                                            "a shipped example spec name, or a .yaml/.jinja format file.")
+    label_policy: str = Field("", description="'model_turns', 'all' or 'last_model_turn'; empty = the format's.")
+    overlap_turns: int = Field(0, description="Windows after the first start this many turns earlier (context "
+                                              "only, not trained again).")
     max_length: int = Field(2048, description="Maximum tokens per sample; longer threads become windows.")
     eval_fraction: float = Field(0.15, description="Share of threads held out for evaluation.")
     min_eval_threads: int = Field(4, description="Hold out at least this many threads.")

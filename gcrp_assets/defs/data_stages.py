@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 
 from gcrp_assets.defs.artifacts import build_or_reuse, code_version, latest_materialization, upstream
 from gcrp_assets.defs.automation import follow_upstream_data
@@ -13,23 +14,29 @@ from gcrp_assets.defs.configs import FilterConfig, PromptConfig, TokenizeConfig
 from gcrp_assets.defs.partitions import dumps
 from gcrp_assets.defs.resources import ArtifactStore, DumpInbox
 from gcrp_assets.lib import schemas
-from gcrp_assets.lib.cleaning import CleaningOptions, clean_thread, dump_scrubber
+from gcrp_assets.lib.cleaning import (HANDLE_COLUMNS, CleaningOptions, clean_thread, dump_handles_arrow,
+                                     dump_scrubber, ic_turns)
+from gcrp_assets.lib.dedup import DedupConfig, find_duplicates
 from gcrp_assets.lib.dumps import DumpReadError, dump_digest, read_dump
 from gcrp_assets.lib.filters import REASONS, FilterRules, rejection_reason
 from gcrp_assets.lib.formats import get_format, render
 from gcrp_assets.lib.hashing import sha256_file
 from gcrp_assets.lib.parquet import read_rows, write_table
-from gcrp_assets.lib.prompts import build_samples, load_system_template
+from gcrp_assets.lib.privacy import HandleScrubber
+from gcrp_assets.lib.prompts import PromptOptions, build_samples, load_system_template
 from gcrp_assets.lib.sheets import SheetTemplate
+from gcrp_assets.lib.dedup import DedupConfig, drop_cross_dump_duplicates
+from gcrp_assets.lib.plots import length_histogram_png, markdown_image
 from gcrp_assets.lib.split import assign_splits
 from gcrp_assets.lib.tables import clip, md_table
-from gcrp_assets.lib.tokenization import IGNORE, tokenize_sample
+from gcrp_assets.lib.tokenization import IGNORE, tokenize_samples
 
 RAW_CODE = code_version("lib/dumps.py", "lib/importers/*.py", "lib/schemas.py", "lib/parquet.py")
 FILTER_CODE = code_version("lib/markup.py", "lib/ooc.py", "lib/attribution.py", "lib/privacy.py",
-                           "lib/cleaning.py", "lib/filters.py", "lib/schemas.py")
-PROMPT_CODE = code_version("lib/sheets.py", "lib/prompts.py", "templates/*")
-TOKENIZE_CODE = code_version("lib/formats.py", "lib/tokenization.py", "lib/split.py")
+                           "lib/cleaning.py", "lib/filters.py", "lib/language.py", "lib/dedup.py", "lib/schemas.py")
+PROMPT_CODE = code_version("lib/sheets.py", "lib/prompts.py", "templates/*", "lib/privacy.py", "lib/schemas.py")
+TOKENIZE_CODE = code_version("lib/formats.py", "lib/tokenization.py", "lib/split.py", "lib/dedup.py",
+                             "lib/plots.py", "formats/*")
 
 
 def selected_dumps(instance: dg.DagsterInstance, requested: list[str]) -> list[str]:
@@ -101,6 +108,29 @@ def raw_threads(context: dg.AssetExecutionContext, inbox: DumpInbox, store: Arti
                                                        "rejected_lines": m["rejected_lines"]})])
 
 
+def filter_rules(config: FilterConfig) -> FilterRules:
+    return FilterRules(min_turns=config.min_turns, min_characters=config.min_characters,
+                       max_characters=config.max_characters, max_post_chars=config.max_post_chars,
+                       max_unattributed_share=config.max_unattributed_share, max_ooc_share=config.max_ooc_share,
+                       language=config.language, min_language_score=config.min_language_score)
+
+
+def cleaning_options(config: FilterConfig) -> CleaningOptions:
+    return CleaningOptions(drop_unattributed=config.drop_unattributed, ooc_policy=config.ooc_policy,
+                           min_post_chars=config.min_post_chars)
+
+
+def dedup_config(config: FilterConfig) -> DedupConfig:
+    return DedupConfig(exact=config.dedup_exact, near=config.dedup_near, threshold=config.near_duplicate_threshold,
+                       shingle_words=config.shingle_words, num_perm=config.minhash_permutations)
+
+
+def _filter_reject(dump: str, thread: dict, reason: str, detail: str) -> dict:
+    return {"dump": dump, "line": thread["line"], "thread_id": thread["thread_id"], "stage": "filtered_threads",
+            "reason": reason, "detail": f"{dump}:{thread['line']}: thread {thread['thread_id']}: {detail}",
+            "record": _reject_json(thread)}
+
+
 @dg.asset(
     group_name="data", kinds={"parquet"}, code_version=FILTER_CODE, deps=[raw_threads], partitions_def=dumps,
     automation_condition=follow_upstream_data(),
@@ -112,55 +142,72 @@ def raw_threads(context: dg.AssetExecutionContext, inbox: DumpInbox, store: Arti
     ],
 )
 def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, store: ArtifactStore) -> dg.MaterializeResult:
-    """Threads cleaned to plain text, attributed to characters, stripped of OOC and forum handles, and filtered.
+    """Threads cleaned to plain text (quotes, links, images, signatures, `RE:` lines, @-mentions and mojibake
+    out), attributed to characters, OOC handled by `ooc_policy`, forum handles scrubbed, then filtered.
 
-    Kept: at least `min_turns` turns and `min_characters`..`max_characters` speaking characters.
-    Every dropped thread is kept whole in `rejects.parquet` with its reason code.
+    Kept: at least `min_turns` turns, `min_characters`..`max_characters` speaking characters, no post over
+    `max_post_chars`, at most `max_unattributed_share` unattributed and `max_ooc_share` OOC posts, English
+    when `language` is 'en', and not an exact or near duplicate of an earlier thread (by thread_id) of the
+    same dump. Every dropped thread is kept whole in `rejects.parquet` with its reason code; the `reasons`
+    metadata is the funnel. Duplicates across dumps: `lib.dedup.drop_cross_dump_duplicates`.
     """
     dump = context.partition_key
     raw = upstream(context, "raw_threads", dump)
-    rules = FilterRules(config.min_turns, config.min_characters, config.max_characters)
+    rules, options, dedup = filter_rules(config), cleaning_options(config), dedup_config(config)
     inputs = {"code": FILTER_CODE, "config": config.model_dump(), "raw_threads": raw.data_version}
 
     def build(folder: Path) -> dict:
         threads = read_rows(raw.path / "threads.parquet")
-        kept, rejects, handle_hits = [], [], []
+        candidates, rejects, handle_hits = [], [], []
         reasons: Counter[str] = Counter()
         scrubber = dump_scrubber(threads)  # every handle of the dump, not only the thread's own
         for thread in threads:
-            cleaned = clean_thread(thread, scrubber, CleaningOptions(drop_unattributed=config.drop_unattributed))
+            cleaned = clean_thread(thread, scrubber, options)
             verdict = rejection_reason(cleaned, rules)
             if verdict:
                 reasons[verdict[0]] += 1
-                rejects.append({"dump": dump, "line": thread["line"], "thread_id": thread["thread_id"],
-                                "stage": "filtered_threads", "reason": verdict[0],
-                                "detail": f"{dump}:{thread['line']}: thread {thread['thread_id']}: {verdict[1]}",
-                                "record": _reject_json(thread)})
+                rejects.append(_filter_reject(dump, thread, *verdict))
+            else:
+                candidates.append((thread, cleaned))
+        duplicates = {d.key: d for d in find_duplicates([c for _, c in candidates], dedup)}
+        kept = []
+        for thread, cleaned in candidates:
+            duplicate = duplicates.get((dump, thread["thread_id"]))
+            if duplicate:
+                reasons[duplicate.reason] += 1
+                rejects.append(_filter_reject(dump, thread, duplicate.reason, duplicate.detail))
                 continue
             texts = [t["text"] for t in cleaned["turns"]] + [c["sheet"] or "" for c in cleaned["characters"]]
             texts.append(cleaned["title"] or "")
             if any(scrubber.find(text) for text in texts):
                 handle_hits.append(f"{dump}/{thread['thread_id']}")
             kept.append(cleaned)
+        rejects.sort(key=lambda r: r["line"])
         write_table(kept, schemas.FILTERED_THREADS, folder / "threads.parquet")
         write_table(rejects, schemas.REJECTS, folder / "rejects.parquet")
-        funnel = [("kept", len(kept), "")] + [(r, reasons[r], REASONS[r]) for r in sorted(reasons)]
-        turns = [len(t["turns"]) for t in kept]
+        funnel = [("read", len(threads), "threads in the raw dump"), ("kept", len(kept), "")]
+        funnel += [(r, reasons[r], REASONS[r]) for r in REASONS]
+        turns = [len(ic_turns(t)) for t in kept]
         return {
             "dagster/row_count": len(kept),
             "threads_in": len(threads),
             "threads_kept": len(kept),
             "threads_rejected": len(rejects),
             "turns": sum(turns),
+            "ooc_policy": config.ooc_policy,
+            "ooc_turns": sum(len(t["turns"]) - n for t, n in zip(kept, turns)),
             "unattributed_posts": sum(t["n_unattributed_posts"] for t in kept),
             "ooc_remarks_removed": sum(t["n_ooc_remarks"] for t in kept),
+            "posts_with_ooc": sum(t["n_posts_with_ooc"] for t in kept),
             "empty_posts": sum(t["n_empty_posts"] for t in kept),
+            "exact_duplicates": reasons["exact_duplicate"],
+            "near_duplicates": reasons["near_duplicate"],
             "threads_with_handle_leaks": len(handle_hits),
             "reasons": dg.MetadataValue.md(md_table(funnel, ["outcome", "threads", "meaning"])),
             "characters_per_thread": dg.MetadataValue.md(md_table(
                 sorted(Counter(len(t["characters"]) for t in kept).items()), ["characters", "threads"])),
             "preview": dg.MetadataValue.md(md_table(
-                ((t["thread_id"], t["turns"][0]["character"], clip(t["turns"][0]["text"], 140)) for t in kept[:8]),
+                ((t["thread_id"], ic_turns(t)[0]["character"], clip(ic_turns(t)[0]["text"], 140)) for t in kept[:8]),
                 ["thread_id", "first speaker", "first turn"])),
         }
 
@@ -175,35 +222,71 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
     ])
 
 
+def sample_texts(sample: dict) -> list[str]:
+    """Every text column of a sample: what the privacy check scans."""
+    texts = [sample["system"], sample["user_character"], sample["sheets"], sample.get("name_map") or ""]
+    for turn in sample["turns"]:
+        texts += [turn["text"], turn.get("name") or ""]
+    return texts
+
+
+def _raw_handles(path: Path) -> HandleScrubber:
+    """The dump's handles (post authors, character players), read from raw_threads (only those columns)."""
+    return HandleScrubber(*dump_handles_arrow(pq.ParquetFile(path).iter_batches(columns=HANDLE_COLUMNS)))
+
+
 @dg.asset(group_name="data", kinds={"parquet"}, code_version=PROMPT_CODE, deps=[filtered_threads],
-          partitions_def=dumps, automation_condition=follow_upstream_data())
-def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig, store: ArtifactStore) -> dg.MaterializeResult:
+          partitions_def=dumps, automation_condition=follow_upstream_data(),
+          check_specs=[dg.AssetCheckSpec("no_forum_handles", asset="augmented_prompts", blocking=True,
+                                         description="No forum handle of the dump appears in any text column of "
+                                                     "any sample (system prompt, sheets, turn names and texts).")])
+def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
+                      store: ArtifactStore) -> dg.MaterializeResult:
     """Training samples: each character sheet rewritten into the uniform template, a system prompt naming the
-    human user's character and listing the others, and the turns as `user` / `model` with speaker names."""
+    human user's character and listing the others, and the turns as `user` / `model` with speaker names
+    (real, or `{user}`/`{charN}` placeholders with `name_map`). `user_character` picks the human's character:
+    the starter, each character in turn (variants share the thread_key), or a seeded random one. The privacy
+    check scans every text column for every handle of the dump, read from this dump's raw_threads."""
     dump = context.partition_key
     filtered = upstream(context, "filtered_threads", dump)
+    raw = upstream(context, "raw_threads", dump)  # only for the privacy check's list of handles
+    options = PromptOptions(user_character=config.user_character, max_variants=config.max_variants,
+                            seed=config.seed, names=config.names)
     template_files = {p: sha256_file(Path(p)) for p in (config.sheet_template, config.system_prompt_template) if p}
     inputs = {"code": PROMPT_CODE, "config": config.model_dump(), "templates": template_files,
-              "filtered_threads": filtered.data_version}
+              "filtered_threads": filtered.data_version, "raw_threads_handles": raw.data_version}
 
     def build(folder: Path) -> dict:
         sheet_template = SheetTemplate.load(config.sheet_template or None)
         system_template = load_system_template(config.system_prompt_template or None)
         samples = []
+        threads = 0
         for thread in read_rows(filtered.path / "threads.parquet"):
-            samples += build_samples(thread, sheet_template, system_template, config.user_character)
+            threads += 1
+            samples += build_samples(thread, sheet_template, system_template, options=options)
         write_table(samples, schemas.SAMPLES, folder / "samples.parquet")
+        scrubber = _raw_handles(raw.path / "threads.parquet")
+        leaks = sorted(s["sample_id"] for s in samples if any(scrubber.find(t) for t in sample_texts(s)))
         roles = Counter(t["role"] for s in samples for t in s["turns"])
         example = samples[0]["system"] if samples else ""
         return {
             "dagster/row_count": len(samples),
             "samples": len(samples),
+            "threads": threads,
+            "user_character": config.user_character,
+            "names": config.names,
+            "samples_per_thread": round(len(samples) / max(threads, 1), 3),
             "user_turns": roles["user"],
             "model_turns": roles["model"],
+            "ooc_user_turns": sum(1 for s in samples for t in s["turns"] if t["role"] == "user" and not t["name"]),
+            "samples_with_handle_leaks": len(leaks),
             "system_prompt_example": dg.MetadataValue.md(f"```text\n{example}\n```"),
         }
 
-    return build_or_reuse(context, lambda fp: store.dir_for("augmented_prompts", fp, dump), inputs, build).result()
+    built = build_or_reuse(context, lambda fp: store.dir_for("augmented_prompts", fp, dump), inputs, build)
+    leaks = built.metadata["samples_with_handle_leaks"]
+    return built.result([dg.AssetCheckResult(check_name="no_forum_handles", passed=leaks == 0,
+                                             metadata={"samples_with_handle_leaks": leaks})])
 
 
 @dg.asset(
@@ -224,7 +307,9 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
     samples_up = {dump: upstream(context, "augmented_prompts", dump) for dump in partitions}
     model_up = upstream(context, "base_model")
     fmt = get_format(config.format)
+    format_file = Path(config.format)
     inputs = {"code": TOKENIZE_CODE, "config": config.model_dump(),
+              "format_spec": sha256_file(format_file) if format_file.suffix and format_file.is_file() else None,
               "augmented_prompts": {dump: up.data_version for dump, up in samples_up.items()},
               "base_model": model_up.data_version}
 
@@ -233,19 +318,26 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
 
         tokenizer = AutoTokenizer.from_pretrained(model_up.path)
         samples = [s for dump in partitions for s in read_rows(samples_up[dump].path / "samples.parquet")]
+        # The same thread in two dumps (a re-export, a cross-post) trains once: the earliest dump keeps it.
+        samples, duplicates = drop_cross_dump_duplicates(samples, DedupConfig())
+        for duplicate in duplicates:
+            context.log.info(f"cross-dump duplicate dropped: {duplicate.detail}")
         splits = assign_splits([s["thread_key"] for s in samples], config.eval_fraction,
                                config.min_eval_threads, config.split_seed)
         rows, dropped = [], []
         bad_bos = bad_labels = too_long = 0
-        for sample in samples:
-            windows, lost = tokenize_sample(sample, fmt, tokenizer, config.max_length)
+        tokenized = tokenize_samples(samples, fmt, tokenizer, config.max_length,
+                                     label_policy=config.label_policy or None, overlap_turns=config.overlap_turns)
+        for sample, (windows, lost) in zip(samples, tokenized):
             dropped += [{"sample_id": d.sample_id, "turn": d.turn, "reason": d.reason, "detail": d.detail} for d in lost]
             for index, window in enumerate(windows):
                 ids, labels = window.input_ids, window.labels
                 if fmt.add_bos and (ids[0] != tokenizer.bos_token_id or ids[1:2] == [tokenizer.bos_token_id]):
                     bad_bos += 1
                 trained = [t for t, l in zip(ids, labels) if l != IGNORE]
-                expected = render(sample, fmt, tokenizer.bos_token, (window.first_turn, window.last_turn)).trained_text()
+                expected = render(sample, fmt, tokenizer.bos_token, (window.first_turn, window.last_turn),
+                                  eos_token=tokenizer.eos_token, label_policy=config.label_policy or None,
+                                  train_from=window.train_from).trained_text()
                 if tokenizer.decode(trained) != expected:
                     bad_labels += 1
                 too_long += len(ids) > config.max_length
@@ -280,6 +372,11 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
             "max_tokens": max((r["n_tokens"] for r in rows), default=0),
             "windows_over_samples": round(len(rows) / max(len(samples), 1), 3),
             "dropped_turns": len(dropped),
+            "dropped_reasons": dg.MetadataValue.md(md_table(sorted(Counter(d["reason"] for d in dropped).items()),
+                                                            ["reason", "turns"])),
+            "cross_dump_duplicates": len(duplicates),
+            "token_length_histogram": dg.MetadataValue.md(markdown_image(
+                length_histogram_png([r["n_tokens"] for r in rows], config.max_length), "tokens per row")),
             "bad_bos_rows": bad_bos,
             "bad_label_rows": bad_labels,
             "over_length_rows": too_long,

@@ -1,88 +1,173 @@
 """One raw thread to cleaned, attributed, handle-free roleplay turns.
 
-Per post: markup to text, attribution (which may consume a name header), OOC remarks out,
-handles out. What each step removed is counted on the thread so that nothing is silent.
+Per post: markup to text, attribution (which may consume a name header), OOC remarks out (what
+happens to them is the OOC policy, see `ooc.py`), handles out. What each step removed is counted
+on the thread so that nothing is silent:
+
+- `n_posts`: posts in the raw thread;
+- `n_empty_posts`: posts with no text left, or less than `min_post_chars` characters;
+- `n_ooc_posts`: posts that left no turn because of OOC (OOC-only, or dropped by `drop_post`);
+- `n_posts_with_ooc`: posts with at least one OOC remark (the numerator of the OOC share);
+- `n_ooc_remarks`: OOC remarks found;
+- `n_unattributed_posts`: posts no attribution rule could give a character;
+- `max_post_chars`: the longest in-character turn, in characters.
+
+A turn is `{"post_id", "character", "text", "kind"}`: `kind` is `ic` for roleplay, `ooc` for a
+name-less `(OOC: …)` turn (policy `keep` only; `character` is then None).
+
+Every function here works one thread at a time, so a caller can stream a dump: `dump_scrubber`
+needs one pass over the handles (it accepts any iterable of threads, or `dump_handles` output).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from gcrp_assets.lib.attribution import attribute
-from gcrp_assets.lib.markup import to_text
-from gcrp_assets.lib.ooc import split_ooc
+from gcrp_assets.lib.markup import to_text, valid_unicode
+from gcrp_assets.lib.ooc import OOC_POLICIES, format_ooc, split_ooc
 from gcrp_assets.lib.privacy import HandleScrubber
+
+COUNTERS = ("n_ooc_remarks", "n_ooc_posts", "n_posts_with_ooc", "n_empty_posts", "n_unattributed_posts")
 
 
 @dataclass(frozen=True)
 class CleaningOptions:
     drop_unattributed: bool = True  # an unattributed post cannot become a turn; it is counted either way
+    ooc_policy: str = "strip"       # one of ooc.OOC_POLICIES
+    min_post_chars: int = 10        # a post with fewer characters left is near-empty: counted, not a turn
+
+    def __post_init__(self) -> None:
+        if self.ooc_policy not in OOC_POLICIES:
+            raise ValueError(f"unknown OOC policy {self.ooc_policy!r}; choose one of {OOC_POLICIES}")
 
 
-def dump_scrubber(threads: list[dict]) -> HandleScrubber:
-    """Every handle seen anywhere in the dump, so a handle from another thread is caught too."""
+def dump_handles(threads: Iterable[dict]) -> tuple[set[str], set[str]]:
+    """(every forum handle, every character name) seen in the threads; one pass, any iterable."""
     handles: set[str] = set()
     names: set[str] = set()
     for thread in threads:
-        handles.update(p["author"] for p in thread["posts"] if p["author"])
-        handles.update(c["player"] for c in thread["characters"] if c.get("player"))
-        names.update(c["name"] for c in thread["characters"])
-        names.update(p["character"] for p in thread["posts"] if p.get("character"))
+        posts = thread.get("posts") or []
+        characters = thread.get("characters") or []
+        handles.update(p["author"] for p in posts if p.get("author"))
+        handles.update(c["player"] for c in characters if c.get("player"))
+        names.update(c["name"] for c in characters if c.get("name"))
+        names.update(p["character"] for p in posts if p.get("character"))
+    return handles, names
+
+
+# The Parquet leaf columns of raw_threads that hold handles and names: reading only these skips the post texts.
+HANDLE_COLUMNS = ["posts.list.element.author", "posts.list.element.character",
+                  "characters.list.element.name", "characters.list.element.player"]
+
+
+def dump_handles_arrow(batches: Iterable) -> tuple[set[str], set[str]]:
+    """`dump_handles` over Arrow record batches of raw_threads read with `columns=HANDLE_COLUMNS`
+    (e.g. `pyarrow.parquet.ParquetFile(path).iter_batches(columns=HANDLE_COLUMNS)`): no per-post Python
+    objects, so a dump of any size is scanned in constant memory."""
+    import pyarrow.compute as pc
+
+    handles: set[str] = set()
+    names: set[str] = set()
+    for batch in batches:
+        posts = batch.column(batch.schema.get_field_index("posts")).flatten()
+        characters = batch.column(batch.schema.get_field_index("characters")).flatten()
+        handles.update(pc.unique(posts.field("author")).to_pylist())
+        handles.update(pc.unique(characters.field("player")).to_pylist())
+        names.update(pc.unique(characters.field("name")).to_pylist())
+        names.update(pc.unique(posts.field("character")).to_pylist())
+    return {h for h in handles if h}, {n for n in names if n}
+
+
+def dump_scrubber(threads: Iterable[dict]) -> HandleScrubber:
+    """Every handle seen anywhere in the dump, so a handle from another thread is caught too."""
+    handles, names = dump_handles(threads)
     return HandleScrubber(handles, protected_names=names)
 
 
+def _name(value: str | None) -> str | None:
+    return valid_unicode(value).strip() or None if value else None
+
+
 def clean_thread(thread: dict, scrubber: HandleScrubber, options: CleaningOptions = CleaningOptions()) -> dict:
+    raw_characters = [dict(c, name=_name(c.get("name"))) for c in thread.get("characters") or []]
+    raw_characters = [c for c in raw_characters if c["name"]]
     characters_by_player: dict[str, list[str]] = {}
-    for character in thread["characters"]:
+    for character in raw_characters:
         if character.get("player"):
             characters_by_player.setdefault(character["player"], []).append(character["name"])
 
-    # Who plays whom in this thread, for turning "@handle" into the character's name.
+    # Who plays whom in this thread, for turning a bare handle into the character's name.
     played_by: dict[str, set[str]] = {}
     for player, names in characters_by_player.items():
         played_by.setdefault(player, set()).update(names)
-    for post in thread["posts"]:
-        if post.get("character"):
-            played_by.setdefault(post["author"], set()).add(post["character"])
-    character_of = {handle: next(iter(names)) for handle, names in played_by.items() if len(names) == 1}
+    posts = thread.get("posts") or []
+    for post in posts:
+        if _name(post.get("character")):
+            played_by.setdefault(post.get("author") or "", set()).add(_name(post.get("character")))
+    character_of = {handle: next(iter(names)) for handle, names in played_by.items() if len(names) == 1 and handle}
 
     turns: list[dict] = []
-    counts = {"n_ooc_remarks": 0, "n_ooc_posts": 0, "n_empty_posts": 0, "n_unattributed_posts": 0}
-    for post in thread["posts"]:
-        text = to_text(post["text"])
+    counts = dict.fromkeys(COUNTERS, 0)
+    min_chars = max(1, options.min_post_chars)
+    for post in posts:
+        post_id = post.get("post_id")
+        text = to_text(post.get("text"))
         if not text:
             counts["n_empty_posts"] += 1
             continue
-        who = attribute(post["author"], post.get("character"), text, characters_by_player)
+        who = attribute(post.get("author") or "", _name(post.get("character")), text, characters_by_player)
         ooc = split_ooc(who.text)
         counts["n_ooc_remarks"] += len(ooc.remarks)
+        counts["n_posts_with_ooc"] += bool(ooc.remarks)
+        ooc_turn = None
+        if ooc.remarks and options.ooc_policy == "keep":
+            ooc_text = scrubber.scrub(format_ooc(ooc.remarks), character_of)
+            if ooc_text:
+                ooc_turn = {"post_id": post_id, "character": None, "text": ooc_text, "kind": "ooc"}
+        if ooc.remarks and options.ooc_policy == "drop_post":
+            counts["n_ooc_posts"] += 1
+            continue
         body = scrubber.scrub(ooc.text, character_of)
-        if not body:
+        if len(body) < min_chars:
             if ooc.remarks:
                 counts["n_ooc_posts"] += 1
             else:
                 counts["n_empty_posts"] += 1
+            if ooc_turn:
+                turns.append(ooc_turn)
             continue
         if who.character is None:
             counts["n_unattributed_posts"] += 1
             if options.drop_unattributed:
+                if ooc_turn:
+                    turns.append(ooc_turn)
                 continue
-        turns.append({"post_id": post["post_id"], "character": who.character, "text": body})
+        turns.append({"post_id": post_id, "character": who.character, "text": body, "kind": "ic"})
+        if ooc_turn:
+            turns.append(ooc_turn)
 
-    speaking = {t["character"] for t in turns if t["character"]}
-    sheets = {c["name"].casefold(): c.get("sheet") for c in thread["characters"]}
+    ic_turns = [t for t in turns if t["kind"] == "ic"]
+    sheets = {c["name"].casefold(): c.get("sheet") for c in raw_characters}
     characters = []
-    for name in dict.fromkeys(t["character"] for t in turns if t["character"]):  # order of first appearance
+    for name in dict.fromkeys(t["character"] for t in ic_turns if t["character"]):  # order of first appearance
         sheet = sheets.get(name.casefold())
-        characters.append({"name": name, "sheet": scrubber.scrub(to_text(sheet), character_of) if sheet else None})
-    assert len(characters) == len(speaking)
+        clean_sheet = scrubber.scrub(to_text(sheet), character_of) or None if sheet else None
+        characters.append({"name": name, "sheet": clean_sheet})
     return {
-        "dump": thread["dump"],
-        "thread_id": thread["thread_id"],
+        "dump": thread.get("dump"),
+        "thread_id": thread.get("thread_id"),
         "title": scrubber.scrub(to_text(thread.get("title") or ""), character_of) or None,
-        "tags": list(thread.get("tags") or []),
+        "tags": [valid_unicode(str(t)) for t in thread.get("tags") or []],
         "characters": characters,
         "turns": turns,
-        "n_posts": len(thread["posts"]),
+        "n_posts": len(posts),
         **counts,
+        "max_post_chars": max((len(t["text"]) for t in ic_turns), default=0),
     }
+
+
+def ic_turns(thread: dict) -> list[dict]:
+    """The roleplay turns of a cleaned thread (without name-less OOC turns)."""
+    return [t for t in thread["turns"] if t.get("kind", "ic") != "ooc"]

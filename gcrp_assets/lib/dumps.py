@@ -96,7 +96,8 @@ def _as_text(value: Any, where: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
+        # JSON may carry lone surrogate escapes ("\ud800"), which no UTF-8 writer accepts: mark them as U+FFFD.
+        return str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     raise ValueError(f"{where} must be a string, got {type(value).__name__}")
 
 

@@ -1,8 +1,21 @@
-"""Thread-level filters. Each returns a reason code; a thread is kept only if none fires."""
+"""Thread-level filters. Each returns a reason code; a thread is kept only if none fires.
+
+The checks run in the order of `REASONS` and the first that fires names the reason, so a thread
+is counted once in the funnel. Duplicates (`exact_duplicate`, `near_duplicate`) are decided
+over the whole dump by `dedup.py`, after these per-thread checks, among the threads they keep.
+
+Over-long posts are rejected (`post_too_long`), not split: splitting would invent turn
+boundaries the author never wrote (and a speaker change between the halves that never
+happened), and a post of tens of thousands of characters is in practice a pasted lore dump,
+chat log or sheet, not a roleplay turn. `tokenized_parquet` windows whole threads at turn
+boundaries; a turn that alone exceeds the token budget is dropped and reported there.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from gcrp_assets.lib.language import SCORERS, language_score
 
 
 @dataclass(frozen=True)
@@ -10,27 +23,66 @@ class FilterRules:
     min_turns: int = 6
     min_characters: int = 2
     max_characters: int = 7
+    max_post_chars: int = 20_000          # 0 = no limit
+    max_unattributed_share: float = 0.3   # 1.0 = no limit
+    max_ooc_share: float = 0.5            # 1.0 = no limit
+    language: str = ""                    # "" = off; "en" = English stop-word heuristic
+    min_language_score: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.language not in ("", *SCORERS):
+            raise ValueError(f"no language filter for {self.language!r}; use '' (off) or one of {sorted(SCORERS)}")
 
 
 REASONS = {
     "too_few_turns": "fewer roleplay turns than min_turns",
-    "empty_posts": "enough posts, but too many were empty or OOC-only to leave min_turns turns",
+    "empty_posts": "enough posts, but too many were empty, near-empty or OOC-only to leave min_turns turns",
     "too_few_characters": "fewer speaking characters than min_characters",
     "too_many_characters": "more speaking characters than max_characters",
+    "post_too_long": "a roleplay post longer than max_post_chars (rejected, not split)",
+    "too_many_unattributed": "share of posts attributable to no character above max_unattributed_share",
+    "too_much_ooc": "share of posts with out-of-character remarks above max_ooc_share",
+    "not_english": "English stop-word ratio below min_language_score (language filter on)",
+    "exact_duplicate": "same normalized text as an earlier thread (earliest by dump, thread_id is kept)",
+    "near_duplicate": "MinHash-estimated word-shingle Jaccard with an earlier thread at or above the threshold",
 }
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
 
 
 def rejection_reason(thread: dict, rules: FilterRules) -> tuple[str, str] | None:
     """(reason code, human detail) for a cleaned thread, or None to keep it."""
-    n_turns = len(thread["turns"])
+    turns = [t for t in thread["turns"] if t.get("kind", "ic") != "ooc"]
+    n_turns = len(turns)
     n_characters = len(thread["characters"])
+    n_posts = thread.get("n_posts") or 0
     if n_turns < rules.min_turns:
         lost = thread["n_empty_posts"] + thread["n_ooc_posts"]
         if lost and n_turns + lost >= rules.min_turns:
-            return "empty_posts", f"{n_turns} turns left after {lost} empty or OOC-only posts (min {rules.min_turns})"
+            return "empty_posts", (f"{n_turns} turns left after {lost} empty, near-empty or OOC-only posts "
+                                   f"(min {rules.min_turns})")
         return "too_few_turns", f"{n_turns} turns (min {rules.min_turns})"
     if n_characters < rules.min_characters:
         return "too_few_characters", f"{n_characters} characters (min {rules.min_characters})"
     if n_characters > rules.max_characters:
         return "too_many_characters", f"{n_characters} characters (max {rules.max_characters})"
+    longest = thread.get("max_post_chars") or max((len(t["text"]) for t in turns), default=0)
+    if rules.max_post_chars and longest > rules.max_post_chars:
+        return "post_too_long", f"a post of {longest} characters (max {rules.max_post_chars})"
+    unattributed = _share(thread["n_unattributed_posts"], n_posts)
+    if unattributed > rules.max_unattributed_share:
+        return "too_many_unattributed", (f"{thread['n_unattributed_posts']} of {n_posts} posts unattributed "
+                                         f"({unattributed:.0%} > {rules.max_unattributed_share:.0%})")
+    with_ooc = thread.get("n_posts_with_ooc", thread["n_ooc_posts"])
+    ooc = _share(with_ooc, n_posts)
+    if ooc > rules.max_ooc_share:
+        return "too_much_ooc", (f"{with_ooc} of {n_posts} posts with OOC remarks "
+                                f"({ooc:.0%} > {rules.max_ooc_share:.0%})")
+    if rules.language:
+        score = language_score("\n".join(t["text"] for t in turns), rules.language)
+        if score < rules.min_language_score:
+            return "not_english", (f"stop-word score {score:.2f} for {rules.language!r} "
+                                   f"(min {rules.min_language_score})")
     return None

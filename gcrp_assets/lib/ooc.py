@@ -1,7 +1,15 @@
 """Out-of-character (OOC) remarks: find them, count them, strip them from roleplay text.
 
-Forum players step out of the story with `((brb))`, `[[…]]`, `(OOC: …)` or a line starting
-`OOC:`. The patterns follow the PygmalionAI data-toolbox conventions.
+Forum players step out of the story with `((brb))`, `[[…]]`, `(OOC: …)`, `[OOC: …]`, a line
+starting `OOC:`, an `OOC:` tail after the last sentence of a line, or a tag line aimed at the
+next player (`@handle your move!`). The patterns follow the PygmalionAI data-toolbox conventions.
+
+What happens to the remarks is the OOC policy (`OOC_POLICIES`, chosen in `FilterConfig`):
+
+- `strip` (default): the remarks are removed, the in-character text stays;
+- `keep`: the remarks are removed from the post and kept as a name-less turn `(OOC: …)` right
+  after it (Herrsimian-style: OOC trained without a character name);
+- `drop_post`: a post with any OOC remark is dropped whole.
 """
 
 from __future__ import annotations
@@ -9,16 +17,31 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+OOC_POLICIES = ("strip", "keep", "drop_post")
+
 _INLINE = re.compile(
     r"\(\((?:.|\n)*?\)\)"            # ((brb, dinner))
     r"|\[\[(?:.|\n)*?\]\]"           # [[sorry for the wait]]
-    r"|\(\s*OOC\s*[:\-][^)]*\)",     # (OOC: short post)
+    r"|\(\s*OOC\s*[:\-][^)]*\)"      # (OOC: short post)
+    r"|\[\s*OOC\s*[:\-][^\]]*\]",    # [OOC: short post]
     re.I,
 )
 _LINE = re.compile(r"^\s*(?:\*\*)?(?:OOC|O\.O\.C\.?)(?:\*\*)?\s*[:\-].*$", re.I | re.M)
+# "She left. OOC: brb" -- an OOC tail after a finished sentence on the same line.
+_TAIL = re.compile(r"(?<=[.!?\"”*)])[ \t]+(?:\*\*)?OOC(?:\*\*)?\s*:.*$", re.M)
+# "@handle your move!" -- a short line that only pings the next player.
+_TAG_LINE = re.compile(r"^[ \t]*@[^\s@]+[^\n\"“”]*$", re.M)
+_TAG_LINE_MAX_WORDS = 8
 _MANY_NEWLINES = re.compile(r"\n{3,}")
+_GONE = "\x00"
 _SPACES = re.compile(r"[ \t]{2,}")
 _SPACE_BEFORE_PUNCT = re.compile(r"[ \t]+([,.;:!?])")
+_WRAPPERS = [
+    re.compile(r"^\(\((.*)\)\)$", re.S),
+    re.compile(r"^\[\[(.*)\]\]$", re.S),
+    re.compile(r"^[(\[]\s*(?:OOC|O\.O\.C\.?)\s*[:\-]\s*(.*?)[)\]]$", re.S | re.I),
+    re.compile(r"^(?:\*\*)?(?:OOC|O\.O\.C\.?)(?:\*\*)?\s*[:\-]\s*(.*)$", re.S | re.I),
+]
 
 
 @dataclass(frozen=True)
@@ -38,8 +61,41 @@ def split_ooc(text: str) -> OocSplit:
         remarks.append(match.group(0).strip())
         return ""
 
+    def take_line(match: re.Match[str]) -> str:
+        take(match)
+        return _GONE  # the whole line goes, with its line break
+
+    def take_tag(match: re.Match[str]) -> str:
+        if len(match.group(0).split()) > _TAG_LINE_MAX_WORDS:
+            return match.group(0)
+        return take_line(match)
+
     cleaned = _INLINE.sub(take, text)
-    cleaned = _LINE.sub(take, cleaned)
-    lines = [_SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", line)).strip() for line in cleaned.split("\n")]
+    cleaned = _LINE.sub(take_line, cleaned)
+    cleaned = _TAIL.sub(take, cleaned)
+    cleaned = _TAG_LINE.sub(take_tag, cleaned)
+    cleaned = _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", cleaned))
+    lines = [line.strip() for line in cleaned.split("\n") if line.strip() != _GONE]
     cleaned = _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
-    return OocSplit(cleaned, remarks)
+    return OocSplit(cleaned, [r for r in remarks if r])
+
+
+def ooc_inner(remark: str) -> str:
+    """The words of a remark without its wrapper: `((brb))` -> `brb`, `OOC: back later` -> `back later`."""
+    text = remark.strip()
+    changed = True
+    while changed and text:  # `[[OOC: x]]` loses both wrappers
+        changed = False
+        for pattern in _WRAPPERS:
+            match = pattern.match(text)
+            if match:
+                text = match.group(1).strip()
+                changed = True
+                break
+    return text
+
+
+def format_ooc(remarks: list[str]) -> str:
+    """The name-less OOC turn of one post: `(OOC: brb, dinner)`, one line per remark; "" if none has words."""
+    inner = [ooc_inner(r) for r in remarks]
+    return "\n".join(f"(OOC: {text})" for text in inner if text)

@@ -52,3 +52,22 @@ def paired_scatter_png(base: list[float], adapter: list[float]) -> bytes:
     fig.savefig(buffer, format="png", metadata={"Software": None})
     plt.close(fig)
     return buffer.getvalue()
+
+
+def length_histogram_png(lengths: list[int], max_length: int) -> bytes:
+    """Tokens per row, with the maximum length marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.hist(lengths, bins=30)
+    ax.axvline(max_length, color="red", linewidth=1, label=f"max_length {max_length}")
+    ax.set_xlabel("tokens per row")
+    ax.set_ylabel("rows")
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,20 +1,61 @@
 """Threads to training samples: a system prompt that names the human user's character and lists
 the others with their uniform sheets, then the turns as `user` (the user's character) or `model`
 (everyone else), each with its speaker's name. Turn text is kept exactly as cleaned.
+
+Which character the human plays (`user_character`):
+
+- `starter`: the thread's first speaker (one sample per thread);
+- `each`: every speaking character in turn, in order of first appearance, at most `max_variants`
+  (0 = all) samples per thread;
+- `random`: one character drawn with a generator seeded by `seed` and the thread key, so the
+  choice is the same on every run and independent of the other threads.
+
+All samples of one thread share its `thread_key`, so the thread-level train/eval split never puts
+two variants of a thread on different sides; `sample_id` is unique per (thread, user character).
+
+Names (`names`): `real` puts each speaker's name on its turns; `placeholder` puts `{user}`,
+`{char1}`, `{char2}`, … there instead (the 12B Party card's notation; `{charN}` numbered by first
+appearance among the other characters), and the system prompt's roster pairs each real name with
+its placeholder (`Name # {char1}`). Either way `name_map` (JSON) maps every placeholder to the real
+name, so a later stage can switch between the two.
+
+A name-less OOC turn (`kind == "ooc"`, FilterConfig.ooc_policy `keep`) becomes a `user` turn
+without a name: the human steps out of the story, as the Herrsimian card trains it.
 """
 
 from __future__ import annotations
 
 import json
+import random
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import jinja2
 
 from gcrp_assets.lib.hashing import short, sha256_text
-from gcrp_assets.lib.sheets import SheetTemplate, normalize_sheet
+from gcrp_assets.lib.sheets import SheetRewriter, SheetTemplate, normalize_sheet
 
-USER_CHARACTER_STRATEGIES = ("starter",)
+USER_CHARACTER_STRATEGIES = ("starter", "each", "random")
+NAME_MODES = ("real", "placeholder")
+USER_PLACEHOLDER = "{user}"
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    user_character: str = "starter"
+    max_variants: int = 3   # `each`: at most this many samples per thread (0 = one per character)
+    seed: int = 0           # `random`: with the thread key, seeds the draw
+    names: str = "real"     # "real" | "placeholder"
+
+    def __post_init__(self) -> None:
+        if self.user_character not in USER_CHARACTER_STRATEGIES:
+            raise ValueError(f"unknown user-character strategy {self.user_character!r}; "
+                             f"choose one of {USER_CHARACTER_STRATEGIES}")
+        if self.names not in NAME_MODES:
+            raise ValueError(f"unknown name mode {self.names!r}; choose one of {NAME_MODES}")
+        if self.max_variants < 0:
+            raise ValueError("max_variants must be >= 0 (0 = every character)")
 
 
 def load_system_template(path: str | Path | None = None) -> jinja2.Template:
@@ -29,30 +70,75 @@ def thread_key(dump: str, thread_id: str) -> str:
     return f"{dump}/{thread_id}"
 
 
-def choose_user_characters(thread: dict, strategy: str) -> list[str]:
+def _is_ooc(turn: dict) -> bool:
+    return turn.get("kind") == "ooc"
+
+
+def speaking_characters(thread: dict) -> list[str]:
+    """Characters with at least one roleplay turn, in order of first appearance."""
+    return list(dict.fromkeys(t["character"] for t in thread["turns"] if t.get("character") and not _is_ooc(t)))
+
+
+def choose_user_characters(thread: dict, strategy: str, max_variants: int = 3, seed: int = 0) -> list[str]:
+    speakers = speaking_characters(thread)
+    if strategy not in USER_CHARACTER_STRATEGIES:
+        raise ValueError(f"unknown user-character strategy {strategy!r}; choose one of {USER_CHARACTER_STRATEGIES}")
+    if not speakers:
+        return []
     if strategy == "starter":
-        return [thread["turns"][0]["character"]]
-    raise ValueError(f"unknown user-character strategy {strategy!r}; choose one of {USER_CHARACTER_STRATEGIES}")
+        return speakers[:1]
+    if strategy == "each":
+        return speakers[:max_variants] if max_variants > 0 else speakers
+    rng = random.Random(f"{seed}\0{thread_key(thread['dump'], thread['thread_id'])}")
+    return [rng.choice(speakers)]
+
+
+def placeholders(user_name: str, speakers: list[str]) -> dict[str, str]:
+    """Real name -> placeholder: the user's character `{user}`, the others `{char1}`, `{char2}`, …"""
+    out = {user_name: USER_PLACEHOLDER}
+    for name in speakers:
+        if name != user_name:
+            out[name] = f"{{char{len(out)}}}"
+    return out
 
 
 def build_samples(thread: dict, sheet_template: SheetTemplate, system_template: jinja2.Template,
-                  strategy: str = "starter") -> list[dict]:
-    sheets = {c["name"]: normalize_sheet(c["name"], c.get("sheet"), sheet_template) for c in thread["characters"]}
+                  strategy: str = "starter", *, options: PromptOptions | None = None,
+                  sheet_rewriter: SheetRewriter = normalize_sheet) -> list[dict]:
+    """One sample per chosen user character. `options` (when given) overrides `strategy`."""
+    options = options or PromptOptions(user_character=strategy)
+    sheets = {c["name"]: sheet_rewriter(c["name"], c.get("sheet"), sheet_template) for c in thread["characters"]}
+    speakers = speaking_characters(thread)
+    for name in speakers:  # a speaker without an entry in characters[] still gets a (name-only) sheet
+        sheets.setdefault(name, sheet_rewriter(name, None, sheet_template))
     key = thread_key(thread["dump"], thread["thread_id"])
+    chosen = choose_user_characters(thread, options.user_character, options.max_variants, options.seed)
     samples = []
-    for user_name in choose_user_characters(thread, strategy):
-        others = [{"name": n, "sheet": s} for n, s in sheets.items() if n != user_name]
-        system = system_template.render(user={"name": user_name, "sheet": sheets[user_name]}, others=others).strip()
-        turns = [{"role": "user" if t["character"] == user_name else "model", "name": t["character"], "text": t["text"]}
-                 for t in thread["turns"]]
+    for variant, user_name in enumerate(chosen):
+        slots = placeholders(user_name, speakers)
+        shown = (lambda n: slots.get(n, n)) if options.names == "placeholder" else (lambda n: n)
+        others = [{"name": n, "sheet": sheets[n], "placeholder": slots.get(n, "")} for n in speakers if n != user_name]
+        system = system_template.render(
+            user={"name": user_name, "sheet": sheets[user_name], "placeholder": USER_PLACEHOLDER},
+            others=others, names=options.names).strip()
+        turns = []
+        for t in thread["turns"]:
+            if _is_ooc(t):
+                turns.append({"role": "user", "name": None, "text": t["text"]})
+            else:
+                name = t.get("character")
+                turns.append({"role": "user" if name == user_name else "model",
+                              "name": shown(name) if name else None, "text": t["text"]})
         samples.append({
             "sample_id": short(sha256_text(f"{key}\0{user_name}")),
             "thread_key": key,
             "dump": thread["dump"],
             "thread_id": thread["thread_id"],
             "user_character": user_name,
+            "variant": variant,
             "system": system,
             "turns": turns,
             "sheets": json.dumps(sheets, ensure_ascii=False, sort_keys=True),
+            "name_map": json.dumps({p: n for n, p in slots.items()}, ensure_ascii=False, sort_keys=True),
         })
     return samples

@@ -41,6 +41,7 @@ TURN = pa.struct([
     ("post_id", pa.string()),
     ("character", pa.string()),
     ("text", pa.string()),
+    ("kind", pa.string()),  # "ic" (roleplay) | "ooc" (name-less `(OOC: …)` turn, ooc_policy keep)
 ])
 CLEAN_CHARACTER = pa.struct([("name", pa.string()), ("sheet", pa.string())])
 
@@ -57,6 +58,8 @@ FILTERED_THREADS = pa.schema([
     ("n_ooc_posts", pa.int64()),
     ("n_empty_posts", pa.int64()),
     ("n_unattributed_posts", pa.int64()),
+    ("n_posts_with_ooc", pa.int64()),
+    ("max_post_chars", pa.int64()),
 ])
 
 SAMPLE_TURN = pa.struct([("role", pa.string()), ("name", pa.string()), ("text", pa.string())])
@@ -71,6 +74,8 @@ SAMPLES = pa.schema([
     ("system", pa.string()),
     ("turns", pa.list_(SAMPLE_TURN)),
     ("sheets", pa.string()),  # JSON {character: uniform sheet markdown}
+    ("variant", pa.int32()),  # index of this user character among the thread's samples
+    ("name_map", pa.string()),  # JSON {"{user}"/"{charN}": real name}
 ])
 
 # tokenized_parquet: model-ready rows.
