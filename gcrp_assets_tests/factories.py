@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 NAMES = ["Mira Vell", "Altair \"Arty\" Enzo", "Keri Wolf", "Dorn Hale", "Sela Quint", "Tobin Reed", "Yara Lusk",
          "Fen Marsh", "Ilse Varo"]
 HANDLES = ["nightowl_77", "quill&ink", "Brambleberry", "xX_Vex_Xx", "mossy.stones", "ravenmoor", "tallowcandle",
            "grey_wick", "lanternfish"]
-LINES = [
-    "{me} pushed the tavern door open and shook the rain from her cloak. \"Anyone seen the ferryman?\"",
-    "{me} glanced up from the map, tapping the river crossing. \"He left at dusk, {other}. Said the tolls doubled.\"",
-    "<p>{me} <i>sighed</i> and set a coin on the bar.</p><p>\"Then we cross at the ford,\" {me} said.</p>",
-    "[b]{me}[/b] laughed quietly. \"The ford floods at night, {other}. You know that.\"",
-    "{me} checked the lantern oil twice before nodding toward the stables.",
-    "\"We leave at first light,\" {me} decided, rolling the map tight.",
-    "{me} lingered by the fire, turning a small brass key over in her fingers.",
-    "{me} caught {other}'s eye across the room and raised a cup in silent agreement.",
-]
+
+
+_VERBS = ["pushed", "studied", "lifted", "circled", "tapped", "pocketed", "weighed", "dusted", "hid", "mended",
+          "sketched", "polished", "traded", "unwrapped", "tested", "counted", "folded", "sniffed", "balanced", "tilted"]
+_THINGS = ["brass key", "river map", "salt jar", "copper lantern", "torn letter", "silver coin", "oak staff",
+           "glass vial", "wool cloak", "iron nail", "bone dice", "tin whistle", "red ribbon", "clay cup", "old compass",
+           "leather satchel", "wax seal", "chalk stub", "pewter ring", "ash wand"]
+_PLACES = ["the mill", "the ford", "the chapel steps", "the ferry dock", "the market arch", "the stable loft",
+           "the kiln yard", "the watchtower", "the orchard wall", "the cellar door", "the harbor crane", "the inn kitchen"]
+_SAYINGS = ["We should move before the bells", "Nobody followed us, I checked twice", "That is not what the ledger says",
+            "Keep your voice down near the guards", "I have seen that mark before", "The rain will cover our tracks",
+            "Tell me again who paid you", "It smells like smoke over there", "Trust me, just this once",
+            "We split the reward evenly", "Someone moved the crates", "Bring the lantern closer"]
+
+
+def _post_text(rng, me: str, other: str, style: int) -> str:
+    verb, thing, place, saying = (rng.choice(_VERBS), rng.choice(_THINGS), rng.choice(_PLACES), rng.choice(_SAYINGS))
+    text = f'{me} {verb} the {thing} near {place}. "{saying}," {me} told {other}, glancing toward {rng.choice(_PLACES)}.'
+    return [text, f"<p>{text}</p>", f"[i]{text}[/i]", text.replace(" near ", " beside ")][style % 4]
 
 
 def thread(thread_id: str, n_characters: int, n_posts: int, **overrides) -> dict:
+    """A clean canonical thread; its text is drawn from a generator seeded by the id, so threads differ."""
+    rng = random.Random(thread_id)
     chars = [{"name": NAMES[i], "player": HANDLES[i], "sheet": f"<b>Name:</b> {NAMES[i]}<br>Age: {20 + i}<br>Race: Human"}
              for i in range(n_characters)]
     posts = []
@@ -29,8 +41,7 @@ def thread(thread_id: str, n_characters: int, n_posts: int, **overrides) -> dict
         c = p % n_characters
         other = NAMES[(c + 1) % n_characters]
         posts.append({"post_id": f"{thread_id}-p{p + 1}", "author": HANDLES[c], "character": NAMES[c],
-                      "text": LINES[p % len(LINES)].format(me=NAMES[c], other=other),
-                      "posted_at": f"2021-05-01T12:{p:02d}:00Z"})
+                      "text": _post_text(rng, NAMES[c], other, p), "posted_at": f"2021-05-01T12:{p:02d}:00Z"})
     record = {"thread_id": thread_id, "title": f"Thread {thread_id}", "forum": "test-forum", "tags": ["fantasy"],
               "characters": chars, "posts": posts}
     record.update(overrides)
