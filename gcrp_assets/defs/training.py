@@ -15,12 +15,16 @@ from gcrp_assets.defs.training_config import LoraConfig
 from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource
 from gcrp_assets.lib.base_model import check_hf_model_dir, convert_gguf, packaged_gguf
 from gcrp_assets.lib.hashing import sha256_file, sha256_json, sha256_tree, short
+from gcrp_assets.lib.recipes import format_problem, hardware_problems
 
 BASE_MODEL_CODE = code_version("lib/base_model.py")
 TRAINER_CODE = code_version("trainer/*.py", "lib/training_data.py", "lib/formats.py", "lib/plots.py",
-                            "lib/tokenization.py", "lib/precision.py")
+                            "lib/tokenization.py", "lib/precision.py", "lib/recipes.py", "lib/packing.py",
+                            "lib/schedules.py")
 # Settings that change how training runs, not what it produces; kept out of the fingerprint.
-_NOT_FINGERPRINTED = {"force", "launcher", "nproc_per_node", "logging_steps", "eval_steps", "eval_rows_in_training"}
+_NOT_FINGERPRINTED = {"force", "launcher", "nproc_per_node", "logging_steps", "eval_steps", "eval_rows_in_training",
+                      "recipe", "allow_cpu", "save_steps", "save_total_limit", "nnodes", "node_rank", "master_addr",
+                      "master_port", "hostfile", "attn_implementation"}
 
 
 def _model_summary(folder: Path) -> dict:
@@ -55,14 +59,43 @@ def base_model(context: dg.AssetExecutionContext, base: BaseModelSource, store: 
     return built.result()
 
 
-def trainer_command(config: LoraConfig) -> list[str]:
-    module = ["-m", "gcrp_assets.trainer.train"]
-    if config.launcher == "python":
-        return [sys.executable, *module]
-    if config.launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={config.nproc_per_node}", *module]
-    raise dg.Failure(f"unknown launcher {config.launcher!r}: use 'python' or 'torchrun'")
+def trainer_command(config: "LoraConfig | dict") -> list[str]:
+    """The command that runs the trainer module: one process, `torchrun`, or the `deepspeed` launcher;
+    multi-node settings passed through (start the same command on every node with its `node_rank`)."""
+    hp = config.resolved() if isinstance(config, LoraConfig) else config
+    module = "gcrp_assets.trainer.train"
+    launcher, nproc, nnodes = hp["launcher"], hp["nproc_per_node"], hp["nnodes"]
+    if launcher == "python":
+        return [sys.executable, "-m", module]
+    if launcher == "torchrun":
+        where = (["--standalone"] if nnodes == 1 else
+                 [f"--nnodes={nnodes}", f"--node_rank={hp['node_rank']}", f"--master_addr={hp['master_addr']}",
+                  f"--master_port={hp['master_port']}"])
+        return [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}", "-m", module]
+    if launcher == "deepspeed":
+        where = [f"--master_addr={hp['master_addr']}", f"--master_port={hp['master_port']}"]
+        if nnodes > 1:
+            if not hp["hostfile"]:
+                raise dg.Failure("the deepspeed launcher needs a hostfile for nnodes > 1 (`hostfile: /path`, lines "
+                                 "`worker-0 slots=8`), or use launcher 'torchrun'")
+            where += [f"--hostfile={hp['hostfile']}", f"--num_nodes={nnodes}", "--no_ssh",
+                      f"--node_rank={hp['node_rank']}"]
+        return [sys.executable, "-m", "deepspeed.launcher.runner", f"--num_gpus={nproc}", *where,
+                "--no_local_rank", "--module", module]
+    raise dg.Failure(f"unknown launcher {launcher!r}: use 'python', 'torchrun' or 'deepspeed'")
+
+
+def _cuda_devices() -> int:
+    import torch  # only on the path that trains; a reused adapter needs no torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
 
 
 @dg.asset(
@@ -73,18 +106,22 @@ def trainer_command(config: LoraConfig) -> list[str]:
 def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store: ArtifactStore,
                     pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
     """A LoRA adapter (safetensors + adapter_config.json, tokenizer, chat template) trained with PEFT and the
-    Hugging Face Trainer in a separate process through Dagster Pipes. Reused when its fingerprint (data,
-    base model, config, trainer code) already has a finished adapter."""
+    Hugging Face Trainer in a separate process through Dagster Pipes: one process, torchrun or the DeepSpeed
+    launcher, from a named recipe (`smoke`, `party-12b`, `herrsimian-8b`). Reused when its fingerprint (data,
+    base model, resolved config, trainer code) already has a finished adapter; an interrupted run with the
+    same fingerprint resumes from its last checkpoint."""
     data = upstream(context, "tokenized_parquet")
     model = upstream(context, "base_model")
     data_manifest = read_manifest(data.path) or {}
     tokenize_config = data_manifest.get("inputs", {}).get("config", {})
     fmt = tokenize_config.get("format", TokenizeConfig().format)
-    hyperparameters = config.model_dump(exclude=_NOT_FINGERPRINTED)
+    resolved = config.resolved()
+    hyperparameters = {k: v for k, v in resolved.items() if k not in _NOT_FINGERPRINTED}
     inputs = {"code": TRAINER_CODE, "hyperparameters": hyperparameters, "format": fmt,
               "tokenized_parquet": data.data_version, "base_model": model.data_version}
     fingerprint = sha256_json(inputs)
     folder = store.dir_for("lora_checkpoint", fingerprint)
+    run_dir = folder.with_name(folder.name + ".run")  # checkpoints of an unfinished run, same fingerprint
     data_inputs = data_manifest.get("inputs", {})
     lineage = {"trained_on_tokenized_parquet": data.data_version, "base_model_version": model.data_version,
                "base_model_path": dg.MetadataValue.path(str(model.path)),
@@ -98,15 +135,40 @@ def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store
         return built.result([dg.AssetCheckResult(check_name="loss_is_finite", passed=True,
                                                  metadata={"reused": True})], **lineage)
 
+    # Fail at once, before any process starts, when the recipe cannot run on this machine.
+    cuda = _cuda_devices()
+    problems = hardware_problems(resolved, cuda)
+    mismatch = format_problem(resolved, {fmt})   # the trainer checks again, against the rows themselves
+    problems += [mismatch] if mismatch else []
+    if problems:
+        raise dg.Failure("lora_checkpoint cannot train here: " + " ".join(problems),
+                         metadata={"recipe": resolved["recipe"], "cuda_devices": cuda})
+    recipe_fields = config.recipe_fields()
+    context.log.info(f"recipe {resolved['recipe']!r}: preset fields {sorted(recipe_fields)}; set explicitly "
+                     f"{sorted(config.model_fields_set)}")
+
     shutil.rmtree(folder, ignore_errors=True)
+    if config.force:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    done = _checkpoint_steps(run_dir)
+    if done:
+        context.log.info(f"resuming fingerprint {short(fingerprint)} from {run_dir}/checkpoints/checkpoint-{done[-1]}")
+    run_settings = {k: resolved[k] for k in sorted(_NOT_FINGERPRINTED - {"force"})}
     extras = {"data_path": str(data.path / "tokenized.parquet"), "base_model_dir": str(model.path),
-              "output_dir": str(folder), "fingerprint": fingerprint, "format": fmt,
-              "hyperparameters": {**hyperparameters, "logging_steps": config.logging_steps,
-                                  "eval_steps": config.eval_steps,
-                                  "eval_rows_in_training": config.eval_rows_in_training}}
-    env = {"GCRP_TRAIN_EXTRAS": json.dumps(extras), "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONUNBUFFERED": "1", **{k: v for k, v in os.environ.items() if k.startswith(("HF_", "OMP_", "CUDA_"))}}
-    invocation = pipes.run(context=context, command=trainer_command(config), extras=extras, env=env)
+              "output_dir": str(folder), "run_dir": str(run_dir), "fingerprint": fingerprint, "format": fmt,
+              "data_max_length": tokenize_config.get("max_length"), "recipe_fields": sorted(recipe_fields),
+              "hyperparameters": {**hyperparameters, **run_settings}}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "extras.json").write_text(json.dumps(extras, indent=1, sort_keys=True))
+    if resolved["nnodes"] > 1:
+        other = " ".join(trainer_command({**resolved, "node_rank": 1}))
+        context.log.info(f"multi-node: this is node {resolved['node_rank']} of {resolved['nnodes']}; start every other "
+                         f"node k (shared storage) with GCRP_TRAIN_EXTRAS=\"$(cat {run_dir}/extras.json)\" and "
+                         f"`{other}` with its node rank in place of 1")
+    env = {"GCRP_TRAIN_EXTRAS": json.dumps(extras), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+           **({"DS_ACCELERATOR": "cpu"} if cuda == 0 else {}),
+           **{k: v for k, v in os.environ.items() if k.startswith(("HF_", "OMP_", "CUDA_", "DS_", "TORCH_", "NCCL_"))}}
+    invocation = pipes.run(context=context, command=trainer_command(resolved), extras=extras, env=env)
     results = invocation.get_results()
     materialization = next(r for r in results if isinstance(r, dg.MaterializeResult))
     checks = [r for r in results if isinstance(r, dg.AssetCheckResult)]
@@ -114,5 +176,6 @@ def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store
     data_version = short(sha256_json({"fingerprint": fingerprint, "adapter": adapter_sha}), 24)
     metadata = dict(materialization.metadata or {})
     write_manifest(folder, fingerprint, data_version, metadata, inputs)
+    shutil.rmtree(run_dir, ignore_errors=True)  # recorded: the checkpoints are no longer needed
     built = Built(folder, data_version, fingerprint, False, metadata)
     return built.result(checks, **lineage)

@@ -1,4 +1,4 @@
-"""Tokenized rows to padded training batches (plain torch, no Dagster)."""
+"""Tokenized rows to padded training batches (plain torch, no Dagster). Packed batches: `lib/packing.py`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ def load_split(path: Path, split: str) -> list[dict]:
     table = pq.read_table(path, columns=["sample_id", "window", "thread_key", "split", "input_ids", "labels",
                                               "n_trained"])
     return [row for row in table.to_pylist() if row["split"] == split]
+
+
+def data_formats(path: Path) -> set[str]:
+    """The prompt formats the tokenized rows were rendered in (the `format` column; empty if absent)."""
+    schema = pq.read_schema(path)
+    if "format" not in schema.names:
+        return set()
+    return {f for f in pq.read_table(path, columns=["format"]).column("format").to_pylist() if f}
 
 
 def collate(rows: list[dict], pad_id: int) -> dict:

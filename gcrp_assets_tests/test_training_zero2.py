@@ -1,0 +1,70 @@
+"""The party-12b recipe end to end on a CPU (allow_cpu) with the tiny model: lora_checkpoint launches the
+trainer through Pipes under the `deepspeed` launcher, 2 processes over gloo, ZeRO-2 from the generated JSON,
+8-bit bitsandbytes base + LoRA, global batch from the recipe; only rank 0 reports to Dagster.
+
+DeepSpeed JIT-compiles its shared-memory CPU collective (`deepspeed_shm_comm`, ~30-60 s) on first use; the
+build is cached in $TORCH_EXTENSIONS_DIR (a session temp dir unless the environment names one, as the
+Makefile does). The optimizer stays the Trainer's torch AdamW, so no DeepSpeed optimizer op is compiled."""
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from gcrp_assets.defs.artifacts import latest_materialization
+from gcrp_assets.defs.resources import ArtifactStore
+from gcrp_assets.defs.training import lora_checkpoint
+from gcrp_assets.defs.training_config import LoraConfig
+from gcrp_assets_tests.test_training_support import record_upstream, synthetic_rows, test_instance, write_tokenized
+
+
+@pytest.fixture(scope="session")
+def torch_extensions_dir(tmp_path_factory):
+    previous = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if not previous:
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path_factory.mktemp("torch_extensions"))
+    yield os.environ["TORCH_EXTENSIONS_DIR"]
+    if not previous:
+        os.environ.pop("TORCH_EXTENSIONS_DIR", None)
+
+
+def test_party_recipe_trains_with_zero2_in_two_processes_over_gloo(tmp_path, tiny_model_dir, torch_extensions_dir,
+                                                                   monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # two ranks on a small CPU
+    data = write_tokenized(tmp_path / "tok", synthetic_rows(n_train=8, n_eval=2, lengths=(40, 120)))
+    config = LoraConfig(recipe="party-12b", allow_cpu=True, max_steps=2, batch_size=2, global_batch_size=8,
+                        logging_steps=1, eval_steps=0, precision="fp32", learning_rate=1e-3)
+    with test_instance(tmp_path) as instance:
+        record_upstream(instance, data, tiny_model_dir)
+        result = dg.materialize([lora_checkpoint], instance=instance,
+                                resources={"store": ArtifactStore(root=str(tmp_path / "artifacts")),
+                                           "pipes": dg.PipesSubprocessClient()},
+                                run_config=dg.RunConfig(ops={"lora_checkpoint": config}))
+        assert result.success
+        materializations = result.asset_materializations_for_node("lora_checkpoint")
+        assert len(materializations) == 1   # rank 0 alone reports
+        meta = {k: v.value for k, v in latest_materialization(instance, "lora_checkpoint").metadata.items()}
+    assert (meta["world_size"], meta["zero_stage"], meta["optimizer"]) == (2, 2, "DeepSpeedZeroOptimizer")
+    assert meta["quantization"].startswith("8-bit") and "Linear8bitLt" in meta["quantization"]
+    assert meta["gradient_accumulation_steps"] == 2 and meta["samples_per_step"] == 8   # 8 = 2 ranks x 2 x 2
+    assert meta["steps"] == 2 and meta["recipe"] == "party-12b" and meta["padding_waste"] == 0.0
+    folder = Path(meta["path"])
+    resolved = json.loads((folder / "training_config.json").read_text())
+    assert resolved["deepspeed"]["zero_optimization"]["stage"] == 2
+    assert "offload_optimizer" not in resolved["deepspeed"]["zero_optimization"]
+    assert resolved["hyperparameters"]["learning_rate"] == 1e-3 and resolved["hyperparameters"]["num_epochs"] == 3
+    assert "lr_scheduler" in resolved["recipe_fields"] and "learning_rate" not in resolved["recipe_fields"]
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), folder)
+    ids = torch.tensor([[1, 75, 39637, 77, 3980, 198]])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        with model.disable_adapter():
+            plain = model(input_ids=ids).logits
+    assert (adapted - plain).abs().max().item() > 0
