@@ -75,7 +75,7 @@ class EvalConfig(dg.Config):
     max_prompt_tokens: int = Field(1536, description="Longest held-out context a generation starts from.")
     max_generations: int = Field(4, description="Held-out contexts to generate replies for.")
     max_new_tokens: int = Field(48, description="Greedy tokens per generated reply.")
-    speaker_turns: int = Field(6, description="Gold model turns scored for speaker selection (spread over threads).")
+    speaker_turns: int = Field(4, description="Gold model turns scored for speaker selection (spread over threads).")
     loss_tolerance: float = Field(0.05, description="Blocking check: the adapter's model-turn loss may exceed "
                                                     "the base model's by at most this many nats/token.")
     bootstrap_resamples: int = Field(10_000, description="Resamples of the paired bootstrap over threads.")

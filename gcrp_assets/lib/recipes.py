@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_steps": 2, "wsd_stable_epochs": 0.0,
     "wsd_decay_epochs": 0.0, "min_lr_ratio": 0.0, "weight_decay": 0.0, "optim": "adamw_torch",
-    "num_epochs": 1.0, "max_steps": 20, "batch_size": 1, "gradient_accumulation_steps": 1, "global_batch_size": 0,
+    "num_epochs": 1.0, "max_steps": 16, "batch_size": 1, "gradient_accumulation_steps": 1, "global_batch_size": 0,
     "max_length": 2048, "packing": True,
     "precision": "auto", "load_in_8bit": False, "load_in_4bit": False, "bnb_4bit_quant_type": "nf4",
     "bnb_4bit_use_double_quant": True, "gradient_checkpointing": False, "attn_implementation": "auto",
