@@ -110,15 +110,16 @@ def _stop(process):
         process.wait()
 
 
-def test_job_backfill_of_every_partition(env):
+@pytest.mark.parametrize("selection", [["--all"], ["--from", "a.jsonl", "--to", "b.jsonl"]], ids=["all", "range"])
+def test_job_backfill_of_partitions(env, selection):
     before = {p: materialization(env, "raw_threads", p)["data_version"] for p in ("a.jsonl", "b.jsonl")}
-    run(env, BIN / "dagster", "job", "backfill", "-w", "workspace.yaml", "-j", "dump_stages", "--all", "--noprompt")
+    run(env, BIN / "dagster", "job", "backfill", "-w", "workspace.yaml", "-j", "dump_stages", *selection, "--noprompt")
     # The backfill's runs are queued; the daemon (as under `make dev`) launches them.
     daemon = _start_daemon(env)
     os.environ["DAGSTER_HOME"], previous = env["DAGSTER_HOME"], os.environ.get("DAGSTER_HOME")
     try:
         with dg.DagsterInstance.get() as instance:
-            backfill_id = instance.get_backfills()[0].backfill_id
+            backfill_id = max(instance.get_backfills(), key=lambda b: b.backfill_timestamp).backfill_id
             deadline = time.time() + 240
             while True:
                 runs = instance.get_runs(filters=dg.RunsFilter(job_name="dump_stages",

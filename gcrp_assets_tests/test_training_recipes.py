@@ -55,17 +55,19 @@ def test_launchpad_run_config_overrides_only_what_it_names():
     def probe(config: LoraConfig):
         seen.update(config.resolved())
 
-    # As the Launchpad / `--config-json` send it; `dropout: 0.05` is the smoke value and still wins.
-    assert dg.materialize([probe], run_config={"ops": {"probe": {"config": {
-        "recipe": "herrsimian-8b", "learning_rate": 1e-5, "dropout": 0.05, "max_steps": 3}}}}).success
-    assert (seen["learning_rate"], seen["dropout"], seen["max_steps"]) == (1e-5, 0.05, 3)
-    assert (seen["rank"], seen["load_in_4bit"], seen["lr_scheduler"]) == (128, True, "warmup_stable_decay")
-    # As Python code sends it (a Config object in RunConfig), including a value equal to the smoke default.
-    seen.clear()
-    assert dg.materialize([probe], run_config=dg.RunConfig(ops={"probe": LoraConfig(
-        recipe="party-12b", learning_rate=1e-3, nproc_per_node=4)})).success
-    assert (seen["learning_rate"], seen["nproc_per_node"]) == (1e-3, 4)
-    assert (seen["zero_stage"], seen["global_batch_size"], seen["load_in_8bit"]) == (2, 12, True)
+    # A live instance: after other tests closed theirs, an ephemeral one cannot resolve definitions.
+    with dg.instance_for_test() as instance:
+        # As the Launchpad / `--config-json` send it; `dropout: 0.05` is the smoke value and still wins.
+        assert dg.materialize([probe], instance=instance, run_config={"ops": {"probe": {"config": {
+            "recipe": "herrsimian-8b", "learning_rate": 1e-5, "dropout": 0.05, "max_steps": 3}}}}).success
+        assert (seen["learning_rate"], seen["dropout"], seen["max_steps"]) == (1e-5, 0.05, 3)
+        assert (seen["rank"], seen["load_in_4bit"], seen["lr_scheduler"]) == (128, True, "warmup_stable_decay")
+        # As Python code sends it (a Config object in RunConfig), including a value equal to the smoke default.
+        seen.clear()
+        assert dg.materialize([probe], instance=instance, run_config=dg.RunConfig(ops={"probe": LoraConfig(
+            recipe="party-12b", learning_rate=1e-3, nproc_per_node=4)})).success
+        assert (seen["learning_rate"], seen["nproc_per_node"]) == (1e-3, 4)
+        assert (seen["zero_stage"], seen["global_batch_size"], seen["load_in_8bit"]) == (2, 12, True)
 
 
 def test_gpu_recipes_and_gpu_only_features_are_refused_on_a_cpu_with_the_reason():
