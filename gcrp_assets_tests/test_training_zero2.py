@@ -68,3 +68,39 @@ def test_party_recipe_trains_with_zero2_in_two_processes_over_gloo(tmp_path, tin
         with model.disable_adapter():
             plain = model(input_ids=ids).logits
     assert (adapted - plain).abs().max().item() > 0
+
+
+def test_zero2_run_killed_with_sigkill_resumes_from_its_sharded_checkpoint(tmp_path, tiny_model_dir,
+                                                                           torch_extensions_dir):
+    """The deepspeed launcher and both ranks killed at once (SIGKILL to the process group) after the first
+    checkpoint; the same command again loads the ZeRO-2 optimizer shards and finishes at the same step."""
+    import signal
+    import subprocess
+    import time
+
+    from gcrp_assets.defs.training import trainer_command
+    from gcrp_assets_tests.test_training_support import ROOT, extras_for, trainer_env
+
+    data = write_tokenized(tmp_path / "tok", synthetic_rows(n_train=16, n_eval=0, lengths=(40, 120)))
+    hp = LoraConfig(launcher="deepspeed", nproc_per_node=2, zero_stage=2, max_steps=8, batch_size=1, save_steps=1,
+                    logging_steps=1, precision="fp32").resolved()
+    out = tmp_path / "adapter"
+    env = trainer_env(extras_for(data, tiny_model_dir, out, hp), OMP_NUM_THREADS="1")
+    checkpoints = tmp_path / "adapter.run" / "checkpoints"
+    first = subprocess.Popen(trainer_command(hp), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and first.poll() is None and not any(checkpoints.glob("checkpoint-*")):
+        time.sleep(0.02)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    left = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+    assert left and left[-1] < 8 and not (out / "metrics.json").exists(), left
+
+    second = subprocess.run(trainer_command(hp), cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["resumed_from_step"]) == (8, left[-1])
+    assert (metrics["world_size"], metrics["optimizer"]) == (2, "DeepSpeedZeroOptimizer")
+    history = json.loads((out / "loss_history.json").read_text())
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, 9))

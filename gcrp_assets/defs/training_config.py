@@ -76,7 +76,7 @@ class LoraConfig(dg.Config):
     # Checkpoints and outputs
     save_steps: Optional[int] = _f("save_steps", "Write a resumable checkpoint every this many steps (and at the "
                                                  "end).")
-    save_total_limit: Optional[int] = _f("save_total_limit", "Checkpoints kept in the run folder.")
+    save_total_limit: Optional[int] = _f("save_total_limit", "Newest checkpoints kept in the run folder (0 = all).")
     merge: Optional[bool] = _f("merge", "Also write the base model with the adapter merged in (merged/); the base "
                                         "is reloaded unquantized in CPU memory for it.")
     logging_steps: Optional[int] = _f("logging_steps", "Log the train loss every this many steps.")

@@ -236,9 +236,9 @@ def run(pipes: PipesContext | None) -> None:
     # 7. Train, or resume from the newest complete checkpoint of this fingerprint.
     if resume_from:
         log.info(f"resuming from {resume_from} (step {_step_of(resume_from)} of {max_steps})")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     steps = result.global_step
     counts = _sum_over_ranks([collator.counts.real, collator.counts.slots, collator.counts.padded_slots])
 
@@ -288,6 +288,8 @@ def run(pipes: PipesContext | None) -> None:
         "resumed_from_step": _step_of(resume_from) if resume_from else 0,
         "train_seconds": round(seconds, 1),
         "tokens_per_second": round(real / train_seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),   # this process; less sensitive to other jobs than wall time
+        "tokens_per_cpu_second": round(real / world_size / cpu_seconds, 1) if cpu_seconds else 0.0,
         "train_tokens": real,
         "padding_waste": round(1 - real / slots, 4) if slots else 0.0,
         "padding_waste_if_padded": round(1 - real / padded_slots, 4) if padded_slots else 0.0,
