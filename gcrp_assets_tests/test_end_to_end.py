@@ -12,7 +12,7 @@ from gcrp_assets.defs.artifacts import latest_materialization
 from gcrp_assets.defs.configs import EvalConfig, LoraConfig, TokenizeConfig
 from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource, DumpInbox, packaged_inbox
 from gcrp_assets.defs.runner import materialize_chain
-from gcrp_assets.defs.data_stages import tokenized_parquet
+from gcrp_assets.defs.tokenized import tokenized_parquet
 from gcrp_assets.defs.training import base_model
 from gcrp_assets.definitions import build_defs
 from gcrp_assets.lib.formats import get_format, render

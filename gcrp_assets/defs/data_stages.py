@@ -1,4 +1,4 @@
-"""Data stages: raw_threads -> filtered_threads -> augmented_prompts -> tokenized_parquet."""
+"""Data stages per dump: raw_threads -> filtered_threads -> augmented_prompts."""
 
 
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 
-from gcrp_assets.defs.artifacts import build_or_reuse, code_version, latest_materialization, upstream
+from gcrp_assets.defs.artifacts import build_or_reuse, code_version, upstream
 from gcrp_assets.defs.automation import follow_upstream_data
-from gcrp_assets.defs.configs import FilterConfig, PromptConfig, TokenizeConfig
+from gcrp_assets.defs.configs import FilterConfig, PromptConfig
 from gcrp_assets.defs.partitions import dumps
 from gcrp_assets.defs.resources import ArtifactStore, DumpInbox
 from gcrp_assets.lib import schemas
@@ -19,38 +19,17 @@ from gcrp_assets.lib.cleaning import (HANDLE_COLUMNS, CleaningOptions, clean_thr
 from gcrp_assets.lib.dedup import DedupConfig, find_duplicates
 from gcrp_assets.lib.dumps import DumpReadError, dump_digest, read_dump
 from gcrp_assets.lib.filters import REASONS, FilterRules, rejection_reason
-from gcrp_assets.lib.formats import get_format, render
 from gcrp_assets.lib.hashing import sha256_file
 from gcrp_assets.lib.parquet import read_rows, write_table
 from gcrp_assets.lib.privacy import HandleScrubber
 from gcrp_assets.lib.prompts import PromptOptions, build_samples, load_system_template
 from gcrp_assets.lib.sheets import SheetTemplate
-from gcrp_assets.lib.dedup import DedupConfig, drop_cross_dump_duplicates
-from gcrp_assets.lib.plots import length_histogram_png, markdown_image
-from gcrp_assets.lib.split import assign_splits
 from gcrp_assets.lib.tables import clip, md_table
-from gcrp_assets.lib.tokenization import IGNORE, tokenize_samples
 
 RAW_CODE = code_version("lib/dumps.py", "lib/importers/*.py", "lib/schemas.py", "lib/parquet.py")
 FILTER_CODE = code_version("lib/markup.py", "lib/ooc.py", "lib/attribution.py", "lib/privacy.py",
                            "lib/cleaning.py", "lib/filters.py", "lib/language.py", "lib/dedup.py", "lib/schemas.py")
 PROMPT_CODE = code_version("lib/sheets.py", "lib/prompts.py", "templates/*", "lib/privacy.py", "lib/schemas.py")
-TOKENIZE_CODE = code_version("lib/formats.py", "lib/tokenization.py", "lib/split.py", "lib/dedup.py",
-                             "lib/plots.py", "formats/*")
-
-
-def selected_dumps(instance: dg.DagsterInstance, requested: list[str]) -> list[str]:
-    """The dump partitions that feed the training set: `requested`, or every registered one that has samples."""
-    registered = sorted(instance.get_dynamic_partitions(dumps.name))
-    if requested:
-        unknown = sorted(set(requested) - set(registered))
-        if unknown:
-            raise dg.Failure(f"unknown dump partitions {unknown}; registered: {registered}")
-        return sorted(requested)
-    ready = [d for d in registered if latest_materialization(instance, "augmented_prompts", d) is not None]
-    if not ready:
-        raise dg.Failure("no dump partition has augmented_prompts yet: materialize the data stages first")
-    return ready
 
 
 def _reject_json(thread: dict) -> str:
@@ -287,109 +266,3 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
     leaks = built.metadata["samples_with_handle_leaks"]
     return built.result([dg.AssetCheckResult(check_name="no_forum_handles", passed=leaks == 0,
                                              metadata={"samples_with_handle_leaks": leaks})])
-
-
-@dg.asset(
-    group_name="data", kinds={"parquet"}, code_version=TOKENIZE_CODE, deps=[augmented_prompts, "base_model"],
-    automation_condition=follow_upstream_data(),
-    check_specs=[
-        dg.AssetCheckSpec("one_bos_per_sample", asset="tokenized_parquet", blocking=True),
-        dg.AssetCheckSpec("labels_are_model_turns", asset="tokenized_parquet", blocking=True,
-                          description="Decoding the trained tokens gives exactly the trained spans' text."),
-        dg.AssetCheckSpec("within_max_length", asset="tokenized_parquet", blocking=True),
-    ],
-)
-def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig, store: ArtifactStore) -> dg.MaterializeResult:
-    """The training set: the samples of every dump partition (or of `config.dumps`), rendered in the chosen
-    prompt format, tokenized once with the base model's tokenizer, labels masked to model turns (or all text
-    for raw-text formats), split into train/eval by thread."""
-    partitions = selected_dumps(context.instance, config.dumps)
-    samples_up = {dump: upstream(context, "augmented_prompts", dump) for dump in partitions}
-    model_up = upstream(context, "base_model")
-    fmt = get_format(config.format)
-    format_file = Path(config.format)
-    inputs = {"code": TOKENIZE_CODE, "config": config.model_dump(),
-              "format_spec": sha256_file(format_file) if format_file.suffix and format_file.is_file() else None,
-              "augmented_prompts": {dump: up.data_version for dump, up in samples_up.items()},
-              "base_model": model_up.data_version}
-
-    def build(folder: Path) -> dict:
-        from transformers import AutoTokenizer  # imported here: a reused artifact needs no tokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_up.path)
-        samples = [s for dump in partitions for s in read_rows(samples_up[dump].path / "samples.parquet")]
-        # The same thread in two dumps (a re-export, a cross-post) trains once: the earliest dump keeps it.
-        samples, duplicates = drop_cross_dump_duplicates(samples, DedupConfig())
-        for duplicate in duplicates:
-            context.log.info(f"cross-dump duplicate dropped: {duplicate.detail}")
-        splits = assign_splits([s["thread_key"] for s in samples], config.eval_fraction,
-                               config.min_eval_threads, config.split_seed)
-        rows, dropped = [], []
-        bad_bos = bad_labels = too_long = 0
-        tokenized = tokenize_samples(samples, fmt, tokenizer, config.max_length,
-                                     label_policy=config.label_policy or None, overlap_turns=config.overlap_turns)
-        for sample, (windows, lost) in zip(samples, tokenized):
-            dropped += [{"sample_id": d.sample_id, "turn": d.turn, "reason": d.reason, "detail": d.detail} for d in lost]
-            for index, window in enumerate(windows):
-                ids, labels = window.input_ids, window.labels
-                if fmt.add_bos and (ids[0] != tokenizer.bos_token_id or ids[1:2] == [tokenizer.bos_token_id]):
-                    bad_bos += 1
-                trained = [t for t, l in zip(ids, labels) if l != IGNORE]
-                expected = render(sample, fmt, tokenizer.bos_token, (window.first_turn, window.last_turn),
-                                  eos_token=tokenizer.eos_token, label_policy=config.label_policy or None,
-                                  train_from=window.train_from).trained_text()
-                if tokenizer.decode(trained) != expected:
-                    bad_labels += 1
-                too_long += len(ids) > config.max_length
-                rows.append({"sample_id": sample["sample_id"], "window": index, "thread_key": sample["thread_key"],
-                             "split": splits[sample["thread_key"]], "format": fmt.name,
-                             "first_turn": window.first_turn, "last_turn": window.last_turn,
-                             "n_tokens": len(ids), "n_trained": window.n_trained, "text": window.text,
-                             "input_ids": ids, "labels": labels})
-        write_table(rows, schemas.TOKENIZED, folder / "tokenized.parquet")
-        # The held-out samples with their turns, for generations in eval_report.
-        write_table([s for s in samples if splits[s["thread_key"]] == "eval"], schemas.SAMPLES,
-                    folder / "eval_samples.parquet")
-        (folder / "dropped.json").write_text(json.dumps(dropped, indent=1, sort_keys=True))
-        per_split = Counter(r["split"] for r in rows)
-        tokens = Counter()
-        for r in rows:
-            tokens[r["split"]] += r["n_tokens"]
-            tokens[r["split"] + "_trained"] += r["n_trained"]
-        threads = Counter(splits.values())
-        return {
-            "dagster/row_count": len(rows),
-            "dumps": dg.MetadataValue.json(partitions),
-            "format": fmt.name,
-            "train_rows": per_split["train"],
-            "eval_rows": per_split["eval"],
-            "train_threads": threads["train"],
-            "eval_threads": threads["eval"],
-            "train_tokens": tokens["train"],
-            "train_trained_tokens": tokens["train_trained"],
-            "eval_tokens": tokens["eval"],
-            "eval_trained_tokens": tokens["eval_trained"],
-            "max_tokens": max((r["n_tokens"] for r in rows), default=0),
-            "windows_over_samples": round(len(rows) / max(len(samples), 1), 3),
-            "dropped_turns": len(dropped),
-            "dropped_reasons": dg.MetadataValue.md(md_table(sorted(Counter(d["reason"] for d in dropped).items()),
-                                                            ["reason", "turns"])),
-            "cross_dump_duplicates": len(duplicates),
-            "token_length_histogram": dg.MetadataValue.md(markdown_image(
-                length_histogram_png([r["n_tokens"] for r in rows], config.max_length), "tokens per row")),
-            "bad_bos_rows": bad_bos,
-            "bad_label_rows": bad_labels,
-            "over_length_rows": too_long,
-            "preview": dg.MetadataValue.md("```text\n" + (rows[0]["text"][:1500] if rows else "") + "\n```"),
-        }
-
-    built = build_or_reuse(context, lambda fp: store.dir_for("tokenized_parquet", fp), inputs, build)
-    m = built.metadata
-    return built.result([
-        dg.AssetCheckResult(check_name="one_bos_per_sample", passed=m["bad_bos_rows"] == 0,
-                            metadata={"bad_rows": m["bad_bos_rows"]}),
-        dg.AssetCheckResult(check_name="labels_are_model_turns", passed=m["bad_label_rows"] == 0,
-                            metadata={"bad_rows": m["bad_label_rows"]}),
-        dg.AssetCheckResult(check_name="within_max_length", passed=m["over_length_rows"] == 0,
-                            metadata={"rows_over": m["over_length_rows"], "max_tokens": m["max_tokens"]}),
-    ])
