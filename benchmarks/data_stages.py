@@ -12,17 +12,19 @@ quotes, links, signatures, mentions and mojibake), with a per-thread RNG. One th
 copy of the previous one and one in 100 a near copy (three words swapped), one line in 1,000 is
 truncated JSON. The N-thread corpus is the first N lines of the 4N one.
 
-Stages, each the plain library functions the Dagster assets call, in both modes:
+Stages, in both modes the same library functions per thread:
 
 - raw: JSONL -> canonical threads (`dumps._validate_thread`, the reader's own check) -> Parquet;
 - filtered: handle pass, `clean_thread` + `rejection_reason`, dedup (`lib.dedup`), -> Parquet + rejects;
-- augmented: `build_samples` (sheets + system prompt) -> samples Parquet.
+- augmented: `build_samples` (sheets + system prompt) -> samples Parquet (+ the privacy scan).
 
-Modes: `streaming` reads Parquet with `iter_batches` and writes with `ParquetWriter`, `--batch` threads
-at a time; the only state that grows with the corpus is the dedup index (16 bytes per LSH band and
-thread in memory, MinHash rows spilled to a file) and the set of thread ids seen. `pandas` loads the
-whole stage input into memory (`read_dump`, `pandas.read_parquet`), builds every output row, then
-writes one DataFrame — what the assets do today with `read_rows`.
+Modes: `streaming` runs `gcrp_assets.lib.stages.run_raw` / `run_filtered` / `run_augmented`, the very
+functions the Dagster assets call: input read `--batch` threads at a time (`iter_dump`,
+`iter_batches`), outputs written incrementally (`ParquetWriter`); the state that grows with the corpus
+is the dedup index (8 bytes per LSH band and thread and the thread key in memory, MinHash rows
+spilled to a file), the thread ids seen and the dump's handle set. `pandas` is the naive baseline:
+it loads the whole stage input into memory (`read_canonical_jsonl`, `pandas.read_parquet`), builds
+every output row, then writes one DataFrame.
 
 Every (size, mode, stage) runs in a fresh spawned process; its peak RSS is that process's
 `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the interpreter and imports included, so the floor is
@@ -130,158 +132,33 @@ def _defaults():
             "sheet_template": SheetTemplate.load(), "system_template": load_system_template()}
 
 
-def _line_record(number: int, raw: bytes, seen: set[int]) -> tuple[dict | None, dict | None]:
-    """(thread, None) or (None, reject) for one JSONL line, by the canonical reader's rules."""
-    import hashlib
-
-    from gcrp_assets.lib.dumps import _reject, _validate_thread
-
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, _reject(DUMP, number, "not_utf8", str(exc), raw.decode("utf-8", "replace"))
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        return None, _reject(DUMP, number, "invalid_json", f"invalid JSON: {exc.msg} at column {exc.colno}", line)
-    try:
-        thread = _validate_thread(obj)
-    except ValueError as exc:
-        return None, _reject(DUMP, number, "invalid_thread", str(exc), line)
-    key = int.from_bytes(hashlib.blake2b(thread["thread_id"].encode(), digest_size=8).digest(), "big")
-    if key in seen:
-        return None, _reject(DUMP, number, "duplicate_thread_id", "thread_id already used", line, thread["thread_id"])
-    seen.add(key)
-    return {"dump": DUMP, "line": number, **thread}, None
-
-
-def _reject_row(thread: dict, reason: str, detail: str) -> dict:
-    return {"dump": DUMP, "line": thread["line"], "thread_id": thread["thread_id"], "stage": "filtered_threads",
-            "reason": reason, "detail": f"{DUMP}:{thread['line']}: thread {thread['thread_id']}: {detail}",
-            "record": json.dumps(thread, ensure_ascii=False, sort_keys=True, default=str)}
-
-
-class _Writer:
-    """Rows appended in batches to one Parquet file (pyarrow.parquet.ParquetWriter)."""
-
-    def __init__(self, path: Path, schema, batch: int):
-        import pyarrow.parquet as pq
-
-        self.schema, self.batch, self.rows, self.n = schema, batch, [], 0
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= self.batch:
-            self.flush()
-
-    def flush(self) -> None:
-        import pyarrow as pa
-
-        if self.rows:
-            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
-            self.n += len(self.rows)
-            self.rows = []
-
-    def close(self) -> int:
-        self.flush()
-        self.writer.close()
-        return self.n
-
-
 # ---------------------------------------------------------------------------------------------------
-# Streaming stages
+# Streaming stages: exactly the functions the Dagster assets call (gcrp_assets.lib.stages)
 # ---------------------------------------------------------------------------------------------------
 def raw_streaming(src: Path, out: Path, batch: int) -> dict:
-    from gcrp_assets.lib import schemas
+    from gcrp_assets.lib.stages import run_raw
 
-    threads, rejects = _Writer(out / "threads.parquet", schemas.RAW_THREADS, batch), \
-        _Writer(out / "rejects.parquet", schemas.REJECTS, batch)
-    seen: set[int] = set()
-    lines = 0
-    with open(src, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            lines += 1
-            thread, reject = _line_record(number, raw, seen)
-            (threads.add(thread) if thread else rejects.add(reject))
-    return {"in": lines, "out": threads.close(), "rejected": rejects.close()}
+    m = run_raw(src, out, batch=batch)
+    return {"in": m["lines"], "out": m["threads"], "rejected": m["rejected_lines"]}
 
 
 def filtered_streaming(src: Path, out: Path, batch: int) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from gcrp_assets.lib import schemas
-    from gcrp_assets.lib.cleaning import HANDLE_COLUMNS, clean_thread, dump_handles_arrow
-    from gcrp_assets.lib.dedup import SignatureStore
-    from gcrp_assets.lib.filters import rejection_reason
-    from gcrp_assets.lib.privacy import HandleScrubber
+    from gcrp_assets.lib.stages import run_filtered
 
     d = _defaults()
-    raw = pq.ParquetFile(src)
-    # pass 1: every handle of the dump, reading the handle and name columns only
-    scrubber = HandleScrubber(*dump_handles_arrow(raw.iter_batches(batch_size=batch * 8, columns=HANDLE_COLUMNS)))
-
-    candidate_schema = schemas.FILTERED_THREADS.append(pa.field("line", pa.int64()))
-    candidates = _Writer(out / "candidates.tmp.parquet", candidate_schema, batch)
-    rejects = _Writer(out / "rejects.parquet", schemas.REJECTS, batch)
-    store = SignatureStore(d["dedup"], spill_dir=out / "spill")
-    n_in = 0
-    for part in raw.iter_batches(batch_size=batch):  # pass 2: clean, filter, sign
-        for thread in part.to_pylist():
-            n_in += 1
-            cleaned = clean_thread(thread, scrubber, d["cleaning"])
-            verdict = rejection_reason(cleaned, d["rules"])
-            if verdict:
-                rejects.add(_reject_row(thread, *verdict))
-                continue
-            store.add(DUMP, thread["thread_id"], cleaned)
-            candidates.add({**cleaned, "line": thread["line"]})
-    candidates.close()
-    duplicates = {d.thread_id: d for d in store.resolve()}
-    store.close()
-
-    kept = _Writer(out / "threads.parquet", schemas.FILTERED_THREADS, batch)
-    dup_lines: dict[int, object] = {}
-    for part in pq.ParquetFile(out / "candidates.tmp.parquet").iter_batches(batch_size=batch):  # pass 3
-        for row in part.to_pylist():
-            line = row.pop("line")
-            if row["thread_id"] in duplicates:
-                dup_lines[line] = duplicates[row["thread_id"]]
-            else:
-                kept.add(row)
-    if dup_lines:  # the rejects keep the raw thread whole: read back only the row groups that hold them
-        import pyarrow.compute as pc
-
-        wanted = pa.array(sorted(dup_lines), pa.int64())
-        for group in range(raw.metadata.num_row_groups):
-            mask = pc.is_in(raw.read_row_group(group, columns=["line"]).column("line"), value_set=wanted)
-            if pc.any(mask).as_py():
-                for thread in raw.read_row_group(group).filter(mask).to_pylist():
-                    dup = dup_lines[thread["line"]]
-                    rejects.add(_reject_row(thread, dup.reason, dup.detail))
-    (out / "candidates.tmp.parquet").unlink()
-    return {"in": n_in, "out": kept.close(), "rejected": rejects.close(), "duplicates": len(duplicates)}
+    m = run_filtered(src, out, d["rules"], d["cleaning"], d["dedup"], batch=batch)
+    duplicates = m["reasons"].get("exact_duplicate", 0) + m["reasons"].get("near_duplicate", 0)
+    return {"in": m["threads_in"], "out": m["threads_kept"], "rejected": m["threads_rejected"],
+            "duplicates": duplicates}
 
 
 def augmented_streaming(src: Path, out: Path, batch: int) -> dict:
-    import pyarrow.parquet as pq
-
-    from gcrp_assets.lib import schemas
-    from gcrp_assets.lib.prompts import build_samples
+    from gcrp_assets.lib.stages import run_augmented
 
     d = _defaults()
-    samples = _Writer(out / "samples.parquet", schemas.SAMPLES, batch)
-    n_in = 0
-    for part in pq.ParquetFile(src).iter_batches(batch_size=batch):
-        for thread in part.to_pylist():
-            n_in += 1
-            for sample in build_samples(thread, d["sheet_template"], d["system_template"], options=d["prompt"]):
-                samples.add(sample)
-    return {"in": n_in, "out": samples.close()}
+    raw = src.parent.parent / "raw" / "threads.parquet"  # the privacy check's handles, as the asset reads them
+    m = run_augmented(src, raw, out, d["sheet_template"], d["system_template"], d["prompt"], batch=batch)
+    return {"in": m["threads"], "out": m["samples"]}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -304,6 +181,7 @@ def filtered_pandas(src: Path, out: Path, batch: int) -> dict:
     from gcrp_assets.lib.cleaning import clean_thread, dump_scrubber
     from gcrp_assets.lib.dedup import find_duplicates
     from gcrp_assets.lib.filters import rejection_reason
+    from gcrp_assets.lib.stages import filter_reject
 
     d = _defaults()
     threads = pd.read_parquet(src, dtype_backend="pyarrow").to_dict("records")
@@ -314,10 +192,10 @@ def filtered_pandas(src: Path, out: Path, batch: int) -> dict:
     kept, rejects = [], []
     for thread, clean, verdict in zip(threads, cleaned, verdicts):
         if verdict:
-            rejects.append(_reject_row(thread, *verdict))
+            rejects.append(filter_reject(thread, *verdict))
         elif clean["thread_id"] in duplicates:
             dup = duplicates[clean["thread_id"]]
-            rejects.append(_reject_row(thread, dup.reason, dup.detail))
+            rejects.append(filter_reject(thread, dup.reason, dup.detail))
         else:
             kept.append(clean)
     pd.DataFrame(kept).to_parquet(out / "threads.parquet", compression="zstd")
@@ -379,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=20_000, help="N (the smaller corpus)")
     parser.add_argument("--scale", type=int, default=4, help="the larger corpus is scale x N")
-    parser.add_argument("--batch", type=int, default=256, help="threads per streaming batch")
+    parser.add_argument("--batch", type=int, default=512, help="threads per streaming batch (the assets' default)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir, removed)")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--jobs", type=int, default=1, help="modes run side by side (2 on a 2-core machine)")

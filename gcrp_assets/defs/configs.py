@@ -52,6 +52,17 @@ class PromptConfig(dg.Config):
                                            "system prompt; the mapping is the name_map column).")
     sheet_template: str = Field("", description="YAML file with the uniform sheet's fields; empty = 12B card's.")
     system_prompt_template: str = Field("", description="Jinja file for the system prompt; empty = 12B card's.")
+    sheet_rewrite: bool = Field(False, description="Rewrite sheets the rules cannot parse with a local Hugging Face "
+                                                   "causal LM (greedy, cached by sheet hash under the artifact "
+                                                   "root; values whose words are not in the sheet are dropped).")
+    sheet_rewrite_model: str = Field("", description="Local Hugging Face model directory for the sheet rewrite; "
+                                                     "empty = the base_model asset's directory.")
+    sheet_rewrite_min_fields: int = Field(2, description="The rules 'cannot parse' a sheet with words in which they "
+                                                         "recognise fewer template fields than this (name and Other "
+                                                         "Information not counted).")
+    sheet_rewrite_min_support: float = Field(0.75, description="Keep a rewritten field value only when at least "
+                                                               "this share of its words occurs in the source sheet.")
+    sheet_rewrite_max_new_tokens: int = Field(384, description="Greedy decoding budget per rewritten sheet.")
 
 
 class TokenizeConfig(dg.Config):

@@ -1,39 +1,38 @@
-"""Data stages per dump: raw_threads -> filtered_threads -> augmented_prompts."""
+"""Data stages per dump: raw_threads -> filtered_threads -> augmented_prompts.
+
+Each asset is a thin Dagster layer over a streaming stage function of `gcrp_assets.lib.stages`
+(`run_raw`, `run_filtered`, `run_augmented`), the same functions `benchmarks/data_stages.py` measures:
+input read a batch at a time, outputs written incrementally with fixed Parquet writer options.
+"""
 
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import dagster as dg
-import pyarrow.parquet as pq
 
 from gcrp_assets.defs.artifacts import build_or_reuse, code_version, upstream
 from gcrp_assets.defs.automation import follow_upstream_data
 from gcrp_assets.defs.configs import FilterConfig, PromptConfig
 from gcrp_assets.defs.partitions import dumps
 from gcrp_assets.defs.resources import ArtifactStore, DumpInbox
-from gcrp_assets.lib import schemas
-from gcrp_assets.lib.cleaning import (HANDLE_COLUMNS, CleaningOptions, clean_thread, dump_handles_arrow,
-                                     dump_scrubber, ic_turns)
-from gcrp_assets.lib.dedup import DedupConfig, find_duplicates
-from gcrp_assets.lib.dumps import DumpReadError, dump_digest, read_dump
-from gcrp_assets.lib.filters import REASONS, FilterRules, rejection_reason
+from gcrp_assets.lib.cleaning import CleaningOptions
+from gcrp_assets.lib.dedup import DedupConfig
+from gcrp_assets.lib.dumps import DumpReadError, dump_digest
+from gcrp_assets.lib.filters import REASONS, FilterRules
 from gcrp_assets.lib.hashing import sha256_file
-from gcrp_assets.lib.parquet import read_rows, write_table
-from gcrp_assets.lib.privacy import HandleScrubber
-from gcrp_assets.lib.prompts import PromptOptions, build_samples, load_system_template
-from gcrp_assets.lib.sheets import SheetTemplate
-from gcrp_assets.lib.tables import clip, md_table
+from gcrp_assets.lib.prompts import PromptOptions, load_system_template
+from gcrp_assets.lib.sheet_rewrite import LLMSheetRewriter, RewriteSettings, model_dir_hash
+from gcrp_assets.lib.sheets import SheetRewriter, SheetTemplate, normalize_sheet
+from gcrp_assets.lib.stages import LISTED_REJECTS, run_augmented, run_filtered, run_raw, sample_texts  # noqa: F401
+from gcrp_assets.lib.tables import md_table
 
-RAW_CODE = code_version("lib/dumps.py", "lib/importers/*.py", "lib/schemas.py", "lib/parquet.py")
+RAW_CODE = code_version("lib/dumps.py", "lib/importers/*.py", "lib/schemas.py", "lib/parquet.py", "lib/stages.py")
 FILTER_CODE = code_version("lib/markup.py", "lib/ooc.py", "lib/attribution.py", "lib/privacy.py",
-                           "lib/cleaning.py", "lib/filters.py", "lib/language.py", "lib/dedup.py", "lib/schemas.py")
-PROMPT_CODE = code_version("lib/sheets.py", "lib/prompts.py", "templates/*", "lib/privacy.py", "lib/schemas.py")
-
-
-def _reject_json(thread: dict) -> str:
-    return json.dumps(thread, ensure_ascii=False, sort_keys=True, default=str)
+                           "lib/cleaning.py", "lib/filters.py", "lib/language.py", "lib/dedup.py", "lib/schemas.py",
+                           "lib/parquet.py", "lib/stages.py")
+PROMPT_CODE = code_version("lib/sheets.py", "lib/sheet_rewrite.py", "lib/prompts.py", "templates/*",
+                           "lib/privacy.py", "lib/schemas.py", "lib/parquet.py", "lib/stages.py")
 
 
 @dg.asset(
@@ -53,30 +52,26 @@ def raw_threads(context: dg.AssetExecutionContext, inbox: DumpInbox, store: Arti
 
     def build(folder: Path) -> dict:
         try:
-            contents = read_dump(path)
+            m = run_raw(path, folder, on_reject=lambda r: context.log.warning(f"rejected {r['detail']}"))
         except DumpReadError as exc:
             raise dg.Failure(str(exc)) from exc
-        for reject in contents.rejects:
-            context.log.warning(f"rejected {reject['detail']}")
-        threads, rejects = contents.threads, contents.rejects
-        write_table(threads, schemas.RAW_THREADS, folder / "threads.parquet")
-        write_table(rejects, schemas.REJECTS, folder / "rejects.parquet")
+        more = m["rejected_lines"] - len(m["rejects_listed"])
+        listing = md_table(m["rejects_listed"], ["dump", "line", "reason", "detail"])
+        if more > 0:
+            listing += f"\n\n… and {more} more in rejects.parquet (the first {LISTED_REJECTS} are listed)"
         return {
-            "dagster/row_count": len(threads),
+            "dagster/row_count": m["threads"],
             "dump": dump,
-            "layout": contents.layout,
-            "lines": contents.lines,
-            "records_read": contents.rows,
-            "ooc_rows": contents.ooc_rows,
-            "system_messages_skipped": contents.system_messages,
-            "threads": len(threads),
-            "rejected_lines": len(rejects),
-            "posts": sum(len(t["posts"]) for t in threads),
-            "rejects": dg.MetadataValue.md(md_table(((r["dump"], r["line"], r["reason"], clip(r["detail"], 120))
-                                                     for r in rejects), ["dump", "line", "reason", "detail"])),
-            "preview": dg.MetadataValue.md(md_table(
-                ((t["thread_id"], clip(t["title"], 40), len(t["characters"]), len(t["posts"]))
-                 for t in threads[:10]), ["thread_id", "title", "characters", "posts"])),
+            "layout": m["layout"],
+            "lines": m["lines"],
+            "records_read": m["records_read"],
+            "ooc_rows": m["ooc_rows"],
+            "system_messages_skipped": m["system_messages_skipped"],
+            "threads": m["threads"],
+            "rejected_lines": m["rejected_lines"],
+            "posts": m["posts"],
+            "rejects": dg.MetadataValue.md(listing),
+            "preview": dg.MetadataValue.md(md_table(m["preview"], ["thread_id", "title", "characters", "posts"])),
         }
 
     built = build_or_reuse(context, lambda fp: store.dir_for("raw_threads", fp, dump), inputs, build)
@@ -102,12 +97,6 @@ def cleaning_options(config: FilterConfig) -> CleaningOptions:
 def dedup_config(config: FilterConfig) -> DedupConfig:
     return DedupConfig(exact=config.dedup_exact, near=config.dedup_near, threshold=config.near_duplicate_threshold,
                        shingle_words=config.shingle_words, num_perm=config.minhash_permutations)
-
-
-def _filter_reject(dump: str, thread: dict, reason: str, detail: str) -> dict:
-    return {"dump": dump, "line": thread["line"], "thread_id": thread["thread_id"], "stage": "filtered_threads",
-            "reason": reason, "detail": f"{dump}:{thread['line']}: thread {thread['thread_id']}: {detail}",
-            "record": _reject_json(thread)}
 
 
 @dg.asset(
@@ -136,58 +125,31 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
     inputs = {"code": FILTER_CODE, "config": config.model_dump(), "raw_threads": raw.data_version}
 
     def build(folder: Path) -> dict:
-        threads = read_rows(raw.path / "threads.parquet")
-        candidates, rejects, handle_hits = [], [], []
-        reasons: Counter[str] = Counter()
-        scrubber = dump_scrubber(threads)  # every handle of the dump, not only the thread's own
-        for thread in threads:
-            cleaned = clean_thread(thread, scrubber, options)
-            verdict = rejection_reason(cleaned, rules)
-            if verdict:
-                reasons[verdict[0]] += 1
-                rejects.append(_filter_reject(dump, thread, *verdict))
-            else:
-                candidates.append((thread, cleaned))
-        duplicates = {d.key: d for d in find_duplicates([c for _, c in candidates], dedup)}
-        kept = []
-        for thread, cleaned in candidates:
-            duplicate = duplicates.get((dump, thread["thread_id"]))
-            if duplicate:
-                reasons[duplicate.reason] += 1
-                rejects.append(_filter_reject(dump, thread, duplicate.reason, duplicate.detail))
-                continue
-            texts = [t["text"] for t in cleaned["turns"]] + [c["sheet"] or "" for c in cleaned["characters"]]
-            texts.append(cleaned["title"] or "")
-            if any(scrubber.find(text) for text in texts):
-                handle_hits.append(f"{dump}/{thread['thread_id']}")
-            kept.append(cleaned)
-        rejects.sort(key=lambda r: r["line"])
-        write_table(kept, schemas.FILTERED_THREADS, folder / "threads.parquet")
-        write_table(rejects, schemas.REJECTS, folder / "rejects.parquet")
-        funnel = [("read", len(threads), "threads in the raw dump"), ("kept", len(kept), "")]
+        m = run_filtered(raw.path / "threads.parquet", folder, rules, options, dedup)
+        reasons = Counter(m["reasons"])
+        for leak in m["handle_leaks"]:
+            context.log.error(f"forum handle left in kept thread {leak}")
+        funnel = [("read", m["threads_in"], "threads in the raw dump"), ("kept", m["threads_kept"], "")]
         funnel += [(r, reasons[r], REASONS[r]) for r in REASONS]
-        turns = [len(ic_turns(t)) for t in kept]
         return {
-            "dagster/row_count": len(kept),
-            "threads_in": len(threads),
-            "threads_kept": len(kept),
-            "threads_rejected": len(rejects),
-            "turns": sum(turns),
+            "dagster/row_count": m["threads_kept"],
+            "threads_in": m["threads_in"],
+            "threads_kept": m["threads_kept"],
+            "threads_rejected": m["threads_rejected"],
+            "turns": m["turns"],
             "ooc_policy": config.ooc_policy,
-            "ooc_turns": sum(len(t["turns"]) - n for t, n in zip(kept, turns)),
-            "unattributed_posts": sum(t["n_unattributed_posts"] for t in kept),
-            "ooc_remarks_removed": sum(t["n_ooc_remarks"] for t in kept),
-            "posts_with_ooc": sum(t["n_posts_with_ooc"] for t in kept),
-            "empty_posts": sum(t["n_empty_posts"] for t in kept),
+            "ooc_turns": m["ooc_turns"],
+            "unattributed_posts": m["unattributed_posts"],
+            "ooc_remarks_removed": m["ooc_remarks_removed"],
+            "posts_with_ooc": m["posts_with_ooc"],
+            "empty_posts": m["empty_posts"],
             "exact_duplicates": reasons["exact_duplicate"],
             "near_duplicates": reasons["near_duplicate"],
-            "threads_with_handle_leaks": len(handle_hits),
+            "threads_with_handle_leaks": m["threads_with_handle_leaks"],
             "reasons": dg.MetadataValue.md(md_table(funnel, ["outcome", "threads", "meaning"])),
-            "characters_per_thread": dg.MetadataValue.md(md_table(
-                sorted(Counter(len(t["characters"]) for t in kept).items()), ["characters", "threads"])),
-            "preview": dg.MetadataValue.md(md_table(
-                ((t["thread_id"], ic_turns(t)[0]["character"], clip(ic_turns(t)[0]["text"], 140)) for t in kept[:8]),
-                ["thread_id", "first speaker", "first turn"])),
+            "characters_per_thread": dg.MetadataValue.md(md_table(m["characters_per_thread"],
+                                                                  ["characters", "threads"])),
+            "preview": dg.MetadataValue.md(md_table(m["preview"], ["thread_id", "first speaker", "first turn"])),
         }
 
     built = build_or_reuse(context, lambda fp: store.dir_for("filtered_threads", fp, dump), inputs, build)
@@ -201,17 +163,31 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
     ])
 
 
-def sample_texts(sample: dict) -> list[str]:
-    """Every text column of a sample: what the privacy check scans."""
-    texts = [sample["system"], sample["user_character"], sample["sheets"], sample.get("name_map") or ""]
-    for turn in sample["turns"]:
-        texts += [turn["text"], turn.get("name") or ""]
-    return texts
+def sheet_rewriter(context: dg.AssetExecutionContext, config: PromptConfig,
+                   store: ArtifactStore) -> tuple[SheetRewriter, dict | None]:
+    """The sheet rewriter the config asks for, and what it adds to the fingerprint.
 
-
-def _raw_handles(path: Path) -> HandleScrubber:
-    """The dump's handles (post authors, character players), read from raw_threads (only those columns)."""
-    return HandleScrubber(*dump_handles_arrow(pq.ParquetFile(path).iter_batches(columns=HANDLE_COLUMNS)))
+    Off (the default): the rules (`sheets.normalize_sheet`), nothing added. On: `LLMSheetRewriter` with
+    the model in `sheet_rewrite_model`, else the base_model asset's latest directory (materialize
+    base_model first); its model hash, prompt version and settings join the fingerprint, and its cache
+    lives under `<artifact root>/sheet_rewrites/`.
+    """
+    if not config.sheet_rewrite:
+        return normalize_sheet, None
+    if config.sheet_rewrite_model:
+        model_dir = Path(config.sheet_rewrite_model).expanduser().resolve()
+        if not (model_dir / "config.json").is_file():
+            raise dg.Failure(f"sheet_rewrite_model {model_dir}: not a Hugging Face model directory (no config.json)")
+        model_hash = model_dir_hash(model_dir)
+    else:
+        base = upstream(context, "base_model")
+        model_dir, model_hash = base.path, base.data_version
+    settings = RewriteSettings(min_fields=config.sheet_rewrite_min_fields,
+                               min_support=config.sheet_rewrite_min_support,
+                               max_new_tokens=config.sheet_rewrite_max_new_tokens)
+    cache = Path(store.root).expanduser().resolve() / "sheet_rewrites"
+    rewriter = LLMSheetRewriter(model_dir, cache, model_hash=model_hash, settings=settings)
+    return rewriter, rewriter.fingerprint()
 
 
 @dg.asset(group_name="data", kinds={"parquet"}, code_version=PROMPT_CODE, deps=[filtered_threads],
@@ -231,36 +207,43 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
     raw = upstream(context, "raw_threads", dump)  # only for the privacy check's list of handles
     options = PromptOptions(user_character=config.user_character, max_variants=config.max_variants,
                             seed=config.seed, names=config.names)
+    rewriter, rewriter_inputs = sheet_rewriter(context, config, store)
     template_files = {p: sha256_file(Path(p)) for p in (config.sheet_template, config.system_prompt_template) if p}
     inputs = {"code": PROMPT_CODE, "config": config.model_dump(), "templates": template_files,
+              "sheet_rewriter": rewriter_inputs,
               "filtered_threads": filtered.data_version, "raw_threads_handles": raw.data_version}
 
     def build(folder: Path) -> dict:
         sheet_template = SheetTemplate.load(config.sheet_template or None)
         system_template = load_system_template(config.system_prompt_template or None)
-        samples = []
-        threads = 0
-        for thread in read_rows(filtered.path / "threads.parquet"):
-            threads += 1
-            samples += build_samples(thread, sheet_template, system_template, options=options)
-        write_table(samples, schemas.SAMPLES, folder / "samples.parquet")
-        scrubber = _raw_handles(raw.path / "threads.parquet")
-        leaks = sorted(s["sample_id"] for s in samples if any(scrubber.find(t) for t in sample_texts(s)))
-        roles = Counter(t["role"] for s in samples for t in s["turns"])
-        example = samples[0]["system"] if samples else ""
-        return {
-            "dagster/row_count": len(samples),
-            "samples": len(samples),
-            "threads": threads,
+        m = run_augmented(filtered.path / "threads.parquet", raw.path / "threads.parquet", folder, sheet_template,
+                          system_template, options, sheet_rewriter=rewriter)
+        for leak in m["handle_leaks"]:
+            context.log.error(f"forum handle left in sample {leak}")
+        metadata = {
+            "dagster/row_count": m["samples"],
+            "samples": m["samples"],
+            "threads": m["threads"],
             "user_character": config.user_character,
             "names": config.names,
-            "samples_per_thread": round(len(samples) / max(threads, 1), 3),
-            "user_turns": roles["user"],
-            "model_turns": roles["model"],
-            "ooc_user_turns": sum(1 for s in samples for t in s["turns"] if t["role"] == "user" and not t["name"]),
-            "samples_with_handle_leaks": len(leaks),
-            "system_prompt_example": dg.MetadataValue.md(f"```text\n{example}\n```"),
+            "samples_per_thread": m["samples_per_thread"],
+            "user_turns": m["user_turns"],
+            "model_turns": m["model_turns"],
+            "ooc_user_turns": m["ooc_user_turns"],
+            "samples_with_handle_leaks": m["samples_with_handle_leaks"],
+            "system_prompt_example": dg.MetadataValue.md(f"```text\n{m['system_prompt_example']}\n```"),
         }
+        if isinstance(rewriter, LLMSheetRewriter):
+            stats = rewriter.stats
+            metadata.update({"sheet_rewrite_model_hash": rewriter.model_hash,
+                             "sheets_rule_parsed": stats["rule_parsed"],
+                             "sheets_rewrite_attempts": stats["rewrite_attempts"],
+                             "sheets_rewritten": stats["rewritten"],
+                             "sheet_rewrite_fallbacks": stats["fallbacks"],
+                             "sheet_rewrite_cache_hits": stats["cache_hits"],
+                             "sheet_rewrite_generated": stats["generated"],
+                             "sheet_rewrite_values_dropped": stats["values_dropped"]})
+        return metadata
 
     built = build_or_reuse(context, lambda fp: store.dir_for("augmented_prompts", fp, dump), inputs, build)
     leaks = built.metadata["samples_with_handle_leaks"]

@@ -20,7 +20,7 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from gcrp_assets.lib.hashing import sha256_file, sha256_tree
 
@@ -163,21 +163,31 @@ def _reject(dump: str, line: int, reason: str, detail: str, record: str, thread_
 
 
 def read_canonical_jsonl(path: Path) -> DumpContents:
-    dump = dump_name(path)
-    out = DumpContents(dump)
+    out = DumpContents(dump_name(path))
+    return _collect(iter_canonical_jsonl(path, out), out)
+
+
+def _iter_lines(path: Path) -> Iterator[bytes]:
+    """The file's lines without their `\\n` (a `\\r` stays), read as a stream (gzip too)."""
     try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as handle:
-                data = handle.read()
-        else:
-            data = path.read_bytes()
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as handle:
+            for line in handle:
+                yield line[:-1] if line.endswith(b"\n") else line
     except (OSError, EOFError, zlib.error) as exc:
         raise DumpReadError(f"{path}: cannot read dump: {exc}") from exc
 
+
+def iter_canonical_jsonl(path: Path, out: DumpContents) -> Iterator[tuple[str, dict]]:
+    """("thread", row) / ("reject", row) per non-blank line, in file order, streaming; counters on `out`.
+
+    Memory: one line at a time, plus the set of thread_ids seen (for `duplicate_thread_id`). If no
+    line parses at all, `DumpReadError` is raised after the last line (the caller discards what it
+    wrote)."""
+    dump = out.dump
     seen: set[str] = set()
     parsed_any = False
     first_error: str | None = None
-    for number, raw_line in enumerate(data.split(b"\n"), start=1):
+    for number, raw_line in enumerate(_iter_lines(path), start=1):
         if not raw_line.strip():
             continue
         out.lines += 1
@@ -185,13 +195,14 @@ def read_canonical_jsonl(path: Path) -> DumpContents:
         try:
             line = raw_line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            out.rejects.append(_reject(dump, number, "not_utf8", str(exc), raw_line.decode("utf-8", "replace")))
+            yield "reject", _reject(dump, number, "not_utf8", str(exc), raw_line.decode("utf-8", "replace"))
             first_error = first_error or f"line {number}: not UTF-8"
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            out.rejects.append(_reject(dump, number, "invalid_json", f"invalid JSON: {exc.msg} at column {exc.colno}", line))
+            yield "reject", _reject(dump, number, "invalid_json", f"invalid JSON: {exc.msg} at column {exc.colno}",
+                                    line)
             first_error = first_error or f"line {number}: invalid JSON ({exc.msg})"
             continue
         parsed_any = True
@@ -199,19 +210,25 @@ def read_canonical_jsonl(path: Path) -> DumpContents:
             thread = _validate_thread(obj)
         except ValueError as exc:
             thread_id = obj.get("thread_id") if isinstance(obj, dict) else None
-            out.rejects.append(_reject(dump, number, "invalid_thread", str(exc), line,
-                                       str(thread_id) if thread_id is not None else None))
+            yield "reject", _reject(dump, number, "invalid_thread", str(exc), line,
+                                    str(thread_id) if thread_id is not None else None)
             continue
         if thread["thread_id"] in seen:
-            out.rejects.append(_reject(dump, number, "duplicate_thread_id",
-                                       f"thread_id {thread['thread_id']!r} already used earlier in this dump",
-                                       line, thread["thread_id"]))
+            yield "reject", _reject(dump, number, "duplicate_thread_id",
+                                    f"thread_id {thread['thread_id']!r} already used earlier in this dump",
+                                    line, thread["thread_id"])
             continue
         seen.add(thread["thread_id"])
-        out.threads.append({"dump": dump, "line": number, **thread})
+        yield "thread", {"dump": dump, "line": number, **thread}
 
     if not parsed_any and first_error:
         raise DumpReadError(f"{path}: not a canonical thread JSONL dump ({first_error})")
+
+
+def _collect(records: Iterator[tuple[str, dict]], out: DumpContents) -> DumpContents:
+    """A streaming reader's records gathered into `out`, the DumpContents that holds its counters."""
+    for kind, record in records:
+        (out.threads if kind == "thread" else out.rejects).append(record)
     return out
 
 
@@ -282,13 +299,38 @@ def detect_layout(path: Path) -> str:
                         "post table, or a SillyTavern export)")
 
 
-def read_dump(path: Path) -> DumpContents:
-    """The threads and rejects of one dump, whatever its layout."""
-    from gcrp_assets.lib.importers import post_tables, sillytavern
+class DumpReader:
+    """One dump read as a stream: iterate it for ("thread", row) and ("reject", row) in dump order, each
+    row as `DumpContents.threads` / `.rejects` hold them; `stats` (a DumpContents whose lists stay empty)
+    has the counters (`lines`, `rows`, `ooc_rows`, `system_messages`, `layout`), final once iterated.
 
-    layout = detect_layout(path)
-    if layout == "post_table":
-        return post_tables.read_post_table(path)
-    if layout == "sillytavern":
-        return sillytavern.read_sillytavern(path)
-    return read_canonical_jsonl(path)
+    Memory per layout: canonical JSONL, one line at a time (plus the thread_ids seen); post tables, two
+    passes over the rows, holding only the rows of threads not yet complete (one thread at a time when
+    a thread's rows are contiguous, as in forum dumps; see `importers.post_tables`); SillyTavern, one
+    chat at a time (cards and groups, which every chat may refer to, are held).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.layout = detect_layout(self.path)
+        self.stats = DumpContents(dump_name(self.path), layout=self.layout)
+
+    def __iter__(self) -> Iterator[tuple[str, dict]]:
+        from gcrp_assets.lib.importers import post_tables, sillytavern
+
+        if self.layout == "post_table":
+            return post_tables.iter_post_table(self.path, self.stats)
+        if self.layout == "sillytavern":
+            return sillytavern.iter_sillytavern(self.path, self.stats)
+        return iter_canonical_jsonl(self.path, self.stats)
+
+
+def iter_dump(path: Path) -> DumpReader:
+    """The streaming reader of one dump, whatever its layout (see `DumpReader`)."""
+    return DumpReader(path)
+
+
+def read_dump(path: Path) -> DumpContents:
+    """The threads and rejects of one dump, whatever its layout, in memory (`iter_dump` streams)."""
+    reader = iter_dump(path)
+    return _collect(iter(reader), reader.stats)

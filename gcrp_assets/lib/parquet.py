@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,3 +28,72 @@ def read_rows(path: Path, columns: list[str] | None = None) -> list[dict]:
 
 def count_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
+
+
+# Fixed writer options of `RowWriter`: with a fixed batch size, the bytes depend on the rows only.
+WRITER_OPTIONS = dict(compression="zstd", use_dictionary=True, write_statistics=True, store_schema=True)
+BATCH_ROWS = 512
+
+
+class RowWriter:
+    """Rows appended one at a time, written to one Parquet file in record batches of `batch` rows
+    (`pyarrow.parquet.ParquetWriter`, one row group per batch, `WRITER_OPTIONS`): memory holds one batch.
+
+    Atomic like `write_table`: rows go to `<name>.tmp`, renamed into place by `close()`; `abort()` (or an
+    exception inside a `with` block) removes the temporary file. The file exists (possibly with no
+    rows) once closed. Same rows and same `batch` in, byte-identical file out.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, batch: int = BATCH_ROWS):
+        self.path, self.schema, self.batch = Path(path), schema, max(1, int(batch))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._writer = pq.ParquetWriter(self._tmp, schema, **WRITER_OPTIONS)
+        self._rows: list[dict] = []
+        self.n = 0
+
+    def add(self, row: dict) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self.batch:
+            self.flush()
+
+    def extend(self, rows: Iterable[dict]) -> None:
+        for row in rows:
+            self.add(row)
+
+    def flush(self) -> None:
+        if self._rows:
+            batch = pa.RecordBatch.from_pylist(self._rows, schema=self.schema)
+            self._writer.write_batch(batch, row_group_size=self.batch)
+            self.n += len(self._rows)
+            self._rows = []
+
+    def close(self) -> int:
+        """Finish the file and rename it into place; returns the row count."""
+        if self._writer is not None:
+            self.flush()
+            self._writer.close()
+            self._writer = None
+            os.replace(self._tmp, self.path)
+        return self.n
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "RowWriter":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def iter_rows(path: Path, columns: list[str] | None = None, batch: int = BATCH_ROWS) -> Iterator[dict]:
+    """The rows of a Parquet file one at a time, read `batch` rows at a time (`iter_batches`)."""
+    for part in pq.ParquetFile(path).iter_batches(batch_size=batch, columns=columns):
+        yield from part.to_pylist()

@@ -342,55 +342,105 @@ def _record(rows: list[_Row]) -> str:
 
 def read_post_table(path: Path) -> DumpContents:
     """Threads from a CSV, TSV or Parquet post table; see the module docstring for the rules."""
-    dump = dump_name(path)
-    out = DumpContents(dump, layout="post_table")
-    threads: dict[str, _Thread] = {}  # IC rows by thread_id, in order of first appearance
-    sheets: dict[str, list[_Row]] = {}  # Characters rows by link (title)
-    ooc: Counter[str] = Counter()  # OOC rows by link
+    out = DumpContents(dump_name(path), layout="post_table")
+    for kind, record in iter_post_table(path, out):
+        (out.threads if kind == "thread" else out.rejects).append(record)
+    return out
 
-    for row in _rows(path):
+
+@dataclass
+class _Plan:
+    """Pass 1's view of one IC thread: its link, and the last row it needs (its own and its sheets')."""
+    link: str
+    last_row: int
+    rows: list[_Row] = field(default_factory=list)
+
+
+def iter_post_table(path: Path, out: DumpContents) -> Iterator[tuple[str, dict]]:
+    """("thread", row) / ("reject", row) of a post table, streaming; counters on `out`.
+
+    Two passes over the rows. The first keeps per thread only its link and the number of the last row
+    it needs (its own last IC row, and the last Characters row of its link), and per link the OOC row
+    count; rows without a thread_id are rejected right away. The second collects each thread's rows
+    and emits the threads in order of first appearance as soon as the rows they need have been read,
+    freeing them. Memory is therefore the rows of the threads still open: one thread's rows at a time
+    when a thread's rows are contiguous (forum dumps), the whole table at worst (a thread whose last
+    post is at the end of the file). Character sheets of a link no IC thread uses are held to the end,
+    where they are rejected (`no_posts`). Same records, same order as reading it whole.
+    """
+    dump = out.dump
+    plans: dict[str, _Plan] = {}  # by thread_id, in order of first appearance
+    sheet_last: dict[str, int] = {}  # link -> last Characters row
+    ooc: Counter[str] = Counter()  # OOC rows by link
+    for row in _rows(path):  # pass 1
         out.rows += 1
         thread_id = row.values.get("thread_id")
         if not thread_id:
             out.lines += 1
-            out.rejects.append(_reject(dump, row.number, "invalid_thread", f"row {row.number} has an empty thread_id",
-                                       _record([row]), where=f"{dump}:row {row.number}"))
+            yield "reject", _reject(dump, row.number, "invalid_thread", f"row {row.number} has an empty thread_id",
+                                    _record([row]), where=f"{dump}:row {row.number}")
             continue
         kind = _thread_type(row)
         if kind == "ooc":
             ooc[_link(row)] += 1
         elif kind == "characters":
-            sheets.setdefault(_link(row), []).append(row)
+            sheet_last[_link(row)] = row.number
+        elif thread_id in plans:
+            plans[thread_id].last_row = row.number
         else:  # IC, or an unknown type, which _build reports
-            threads.setdefault(thread_id, _Thread(thread_id)).rows.append(row)
+            plans[thread_id] = _Plan(_link(row), row.number)
+    users: Counter[str] = Counter(plan.link for plan in plans.values())
+    used_links = set(users)
+    for plan in plans.values():
+        plan.last_row = max(plan.last_row, sheet_last.get(plan.link, 0))
 
-    used_links: set[str] = set()
-    for thread in threads.values():
-        link = _link(thread.rows[0])
-        used_links.add(link)
-        out.lines += 1
-        _build(out, thread, sheets.get(link, []))
-        if ooc.get(link):
-            out.ooc_rows_by_thread[thread.thread_id] = out.ooc_rows_by_thread.get(thread.thread_id, 0) + ooc[link]
+    order = list(plans)
+    head = 0
+    sheets: dict[str, list[_Row]] = {}  # Characters rows by link, until the last thread using them is out
+
+    def ready(upto: int) -> Iterator[tuple[str, dict]]:
+        nonlocal head
+        while head < len(order) and plans[order[head]].last_row <= upto:
+            thread_id = order[head]
+            plan = plans.pop(thread_id)
+            head += 1
+            out.lines += 1
+            yield _build(out, _Thread(thread_id, plan.rows), sheets.get(plan.link, []))
+            if ooc.get(plan.link):
+                out.ooc_rows_by_thread[thread_id] = out.ooc_rows_by_thread.get(thread_id, 0) + ooc[plan.link]
+            users[plan.link] -= 1
+            if users[plan.link] == 0:
+                sheets.pop(plan.link, None)
+
+    for row in _rows(path):  # pass 2
+        thread_id = row.values.get("thread_id")
+        if not thread_id:
+            continue
+        kind = _thread_type(row)
+        if kind == "characters":
+            sheets.setdefault(_link(row), []).append(row)
+        elif kind != "ooc":
+            plans[thread_id].rows.append(row)
+        yield from ready(row.number)
+    yield from ready(1 << 62)
 
     for link, rows in sheets.items():
         if link in used_links:
             continue
         out.lines += 1
         first = rows[0].number
-        out.rejects.append(_reject(
+        yield "reject", _reject(
             dump, first, "no_posts", f"thread {link!r} has character sheets (rows "
             f"{', '.join(str(r.number) for r in rows)}) but no IC posts in this dump", _record(rows),
-            rows[0].values["thread_id"], where=f"{dump}:row {first}"))
+            rows[0].values["thread_id"], where=f"{dump}:row {first}")
     for link, count in ooc.items():
         if link not in used_links:
             out.ooc_rows_by_thread[link] = count
     out.ooc_rows = sum(ooc.values())
-    return out
 
 
-def _build(out: DumpContents, thread: _Thread, sheet_rows: list[_Row]) -> None:
-    """Append the thread, or one reject for it naming its first bad row."""
+def _build(out: DumpContents, thread: _Thread, sheet_rows: list[_Row]) -> tuple[str, dict]:
+    """("thread", the thread) or ("reject", one reject for it naming its first bad row)."""
     dump = out.dump
     problems = _problems(thread.rows, "post") + _problems(sheet_rows, "character sheet")
     for row in thread.rows:
@@ -411,9 +461,8 @@ def _build(out: DumpContents, thread: _Thread, sheet_rows: list[_Row]) -> None:
         problems.sort()
         first_row, first = problems[0]
         more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
-        out.rejects.append(_reject(dump, first_row, "invalid_thread", f"thread {thread.thread_id!r}: {first}{more}",
-                                   _record(all_rows), thread.thread_id, where=f"{dump}:row {first_row}"))
-        return
+        return "reject", _reject(dump, first_row, "invalid_thread", f"thread {thread.thread_id!r}: {first}{more}",
+                                 _record(all_rows), thread.thread_id, where=f"{dump}:row {first_row}")
 
     record = {
         "thread_id": thread.thread_id,
@@ -432,7 +481,6 @@ def _build(out: DumpContents, thread: _Thread, sheet_rows: list[_Row]) -> None:
     try:
         canonical = _validate_thread(record)
     except ValueError as exc:
-        out.rejects.append(_reject(dump, first_row, "invalid_thread", f"thread {thread.thread_id!r}: {exc}",
-                                   _record(all_rows), thread.thread_id, where=f"{dump}:row {first_row}"))
-        return
-    out.threads.append({"dump": dump, "line": first_row, **canonical})
+        return "reject", _reject(dump, first_row, "invalid_thread", f"thread {thread.thread_id!r}: {exc}",
+                                 _record(all_rows), thread.thread_id, where=f"{dump}:row {first_row}")
+    return "thread", {"dump": dump, "line": first_row, **canonical}

@@ -35,7 +35,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from gcrp_assets.lib.dumps import DumpContents, _first_line, _reject, _validate_thread, dump_name
 from gcrp_assets.lib.importers.cards import (CARD_CHUNKS, Card, CardError, card_from_json, card_from_png,
@@ -260,8 +260,17 @@ def _read_group(obj: Any) -> _Group:
 
 def read_sillytavern(path: Path) -> DumpContents:
     """Threads from a SillyTavern export folder, or from one chat file dropped on its own."""
-    dump = dump_name(path)
-    out = DumpContents(dump, layout="sillytavern")
+    out = DumpContents(dump_name(path), layout="sillytavern")
+    for kind, record in iter_sillytavern(path, out):
+        (out.threads if kind == "thread" else out.rejects).append(record)
+    return out
+
+
+def iter_sillytavern(path: Path, out: DumpContents) -> Iterator[tuple[str, dict]]:
+    """("thread", row) / ("reject", row) of a SillyTavern export, streaming one chat at a time; counters
+    on `out`. Groups and cards (which any chat may use) are read first and held; chats are read once
+    for the avatars they name (which JSON files are cards) and once more, one by one, to build them."""
+    dump = out.dump
     in_folder = path.is_dir()
     files = _files(path) if in_folder else [path]
 
@@ -276,9 +285,9 @@ def read_sillytavern(path: Path) -> DumpContents:
 
     def reject(line: int, reason: str, detail: str, record: str, location: str, thread_id: str | None = None):
         out.lines += 1
-        out.rejects.append(_reject(dump, line, reason, detail, record, thread_id, where=location))
+        return "reject", _reject(dump, line, reason, detail, record, thread_id, where=location)
 
-    chats = [_read_chat(p, rel(p)) for p in files if p.name.lower().endswith(CHAT_SUFFIXES)]
+    chat_files = [p for p in files if p.name.lower().endswith(CHAT_SUFFIXES)]
     json_files = [p for p in files if in_folder and p.name.lower().endswith(".json")]
     png_files = [p for p in files if in_folder and p.name.lower().endswith(".png")]
 
@@ -290,21 +299,21 @@ def read_sillytavern(path: Path) -> DumpContents:
             obj = json.loads(p.read_bytes().decode("utf-8-sig"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             reason = "invalid_group" if p.parent.name == "groups" else "invalid_card"
-            reject(1, reason, f"unreadable {'group' if reason == 'invalid_group' else 'card'} (not JSON): {exc}",
-                   _safe_text(p), where(rel(p)))
+            yield reject(1, reason, f"unreadable {'group' if reason == 'invalid_group' else 'card'} (not JSON): {exc}",
+                         _safe_text(p), where(rel(p)))
             continue
         if p.parent.name == "groups" or (isinstance(obj, dict) and "members" in obj):
             try:
                 groups.append(_read_group(obj))
             except ValueError as exc:
-                reject(1, "invalid_group", f"unreadable group: {exc}", _safe_text(p), where(rel(p)))
+                yield reject(1, "invalid_group", f"unreadable group: {exc}", _safe_text(p), where(rel(p)))
             continue
         json_objects.append((p, obj))
 
     referenced = {m.casefold() for g in groups for m in g.members}
     referenced |= {Path(m).stem.casefold() for g in groups for m in g.members}
-    for chat in chats:
-        for _, message in chat.messages:
+    for chat_file in chat_files:
+        for _, message in _read_chat(chat_file, rel(chat_file)).messages:
             avatar = message.get("original_avatar")
             if isinstance(avatar, str) and avatar:
                 referenced |= {avatar.casefold(), Path(avatar).stem.casefold()}
@@ -316,43 +325,44 @@ def read_sillytavern(path: Path) -> DumpContents:
         try:
             cards.add(card_from_json(obj, p.name))
         except CardError as exc:
-            reject(1, "invalid_card", f"unreadable card: {exc}", _safe_text(p), where(rel(p)))
+            yield reject(1, "invalid_card", f"unreadable card: {exc}", _safe_text(p), where(rel(p)))
     for p in png_files:
         try:
             cards.add(card_from_png(p.read_bytes(), p.name))
         except (OSError, CardError) as exc:
             claims = _has_card_chunk(p)
             if claims or p.name.casefold() in referenced or p.stem.casefold() in referenced:
-                reject(1, "invalid_card", f"unreadable card: {exc}", json.dumps({"file": rel(p)}), where(rel(p)))
+                yield reject(1, "invalid_card", f"unreadable card: {exc}", json.dumps({"file": rel(p)}),
+                             where(rel(p)))
 
     group_of = {chat_id: g for g in groups for chat_id in g.chats}
     seen: set[str] = set()
-    for chat in chats:
+    for chat_file in chat_files:
+        chat = _read_chat(chat_file, rel(chat_file))
         out.rows += chat.rows
         out.system_messages += chat.system
         if chat.error:
             line, reason, detail = chat.error
-            reject(line, reason, detail, chat.text, where(chat.rel, line), chat.thread_id)
+            yield reject(line, reason, detail, chat.text, where(chat.rel, line), chat.thread_id)
             continue
         if not chat.messages:
-            reject(1, "no_posts", "chat has no messages (only a header or system notes)", chat.text,
+            yield reject(1, "no_posts", "chat has no messages (only a header or system notes)", chat.text,
                    where(chat.rel, 1), chat.thread_id)
             continue
         if chat.thread_id in seen:
             line = chat.messages[0][0]
-            reject(line, "duplicate_thread_id", f"chat id {chat.thread_id!r} already used earlier in this dump",
+            yield reject(line, "duplicate_thread_id", f"chat id {chat.thread_id!r} already used earlier in this dump",
                    chat.text, where(chat.rel, line), chat.thread_id)
             continue
         try:
             thread = _thread(chat, group_of.get(chat.thread_id), cards)
         except ValueError as exc:
             line = chat.messages[0][0]
-            reject(line, "invalid_thread", str(exc), chat.text, where(chat.rel, line), chat.thread_id)
+            yield reject(line, "invalid_thread", str(exc), chat.text, where(chat.rel, line), chat.thread_id)
             continue
         seen.add(chat.thread_id)
         out.lines += 1
-        out.threads.append({"dump": dump, "line": chat.messages[0][0], **thread})
-    return out
+        yield "thread", {"dump": dump, "line": chat.messages[0][0], **thread}
 
 
 def _safe_text(path: Path) -> str:

@@ -1,0 +1,268 @@
+"""The per-dump data stages as plain, streaming functions: raw -> filtered -> augmented.
+
+The Dagster assets (`gcrp_assets.defs.data_stages`) and `benchmarks/data_stages.py` both call these,
+so the benchmark measures the code the pipeline runs. Each function reads its input a batch of
+`batch` rows at a time (`iter_dump`, `ParquetFile.iter_batches`), writes its outputs incrementally
+(`parquet.RowWriter`: fixed writer options, one row group per batch, so the same input gives a
+byte-identical file), and returns a plain dict of counts and previews from which the asset builds
+its metadata. Nothing imports Dagster here.
+
+What grows with the dump (everything else is one batch):
+
+- `run_raw`: the thread_ids seen (duplicate-id check) — see `dumps.DumpReader` per layout;
+- `run_filtered`: the dump's handle and character-name sets (the scrubber; one pass over only
+  those Parquet columns), the dedup index (`dedup.SignatureStore`: 8 bytes per thread + 8 per LSH
+  band, the thread key; the MinHash rows spilled to a file) and the duplicates found;
+- `run_augmented`: the dump's handle sets (privacy check).
+
+Previews and reject listings in the returned dicts are capped (`PREVIEW_ROWS`, `LISTED_REJECTS`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from gcrp_assets.lib import schemas
+from gcrp_assets.lib.cleaning import HANDLE_COLUMNS, CleaningOptions, clean_thread, dump_handles_arrow, ic_turns
+from gcrp_assets.lib.dedup import DedupConfig, Duplicate, SignatureStore
+from gcrp_assets.lib.dumps import iter_dump
+from gcrp_assets.lib.filters import FilterRules, rejection_reason
+from gcrp_assets.lib.parquet import BATCH_ROWS, RowWriter, iter_rows
+from gcrp_assets.lib.privacy import HandleScrubber
+from gcrp_assets.lib.prompts import PromptOptions, build_samples
+from gcrp_assets.lib.sheets import SheetRewriter, SheetTemplate, normalize_sheet
+from gcrp_assets.lib.tables import clip
+
+PREVIEW_ROWS = 10
+LISTED_REJECTS = 200  # rejects listed in raw_threads' metadata (all are in rejects.parquet)
+
+
+# ---------------------------------------------------------------------------------------------------
+# raw_threads
+# ---------------------------------------------------------------------------------------------------
+def run_raw(path: Path, folder: Path, batch: int = BATCH_ROWS,
+            on_reject: Callable[[dict], None] | None = None) -> dict:
+    """One dump (any layout) -> `threads.parquet` (RAW_THREADS) and `rejects.parquet` (REJECTS) in `folder`.
+
+    Raises `dumps.DumpReadError` when the dump cannot be read at all (no file is left in place then).
+    `on_reject` sees every reject as it is written (the asset logs it).
+    """
+    reader = iter_dump(path)
+    threads = RowWriter(folder / "threads.parquet", schemas.RAW_THREADS, batch)
+    rejects = RowWriter(folder / "rejects.parquet", schemas.REJECTS, batch)
+    posts, preview, listed = 0, [], []
+    try:
+        for kind, record in reader:
+            if kind == "thread":
+                threads.add(record)
+                posts += len(record["posts"])
+                if len(preview) < PREVIEW_ROWS:
+                    preview.append((record["thread_id"], clip(record["title"], 40), len(record["characters"]),
+                                    len(record["posts"])))
+            else:
+                rejects.add(record)
+                if on_reject is not None:
+                    on_reject(record)
+                if len(listed) < LISTED_REJECTS:
+                    listed.append((record["dump"], record["line"], record["reason"], clip(record["detail"], 120)))
+    except BaseException:
+        threads.abort()
+        rejects.abort()
+        raise
+    stats = reader.stats
+    return {"layout": stats.layout, "lines": stats.lines, "records_read": stats.rows, "ooc_rows": stats.ooc_rows,
+            "system_messages_skipped": stats.system_messages, "threads": threads.close(),
+            "rejected_lines": rejects.close(), "posts": posts, "rejects_listed": listed, "preview": preview}
+
+
+# ---------------------------------------------------------------------------------------------------
+# filtered_threads
+# ---------------------------------------------------------------------------------------------------
+def reject_json(thread: dict) -> str:
+    return json.dumps(thread, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def filter_reject(thread: dict, reason: str, detail: str) -> dict:
+    """A rejects row of filtered_threads: the raw thread kept whole, with its reason code."""
+    dump = thread["dump"]
+    return {"dump": dump, "line": thread["line"], "thread_id": thread["thread_id"], "stage": "filtered_threads",
+            "reason": reason, "detail": f"{dump}:{thread['line']}: thread {thread['thread_id']}: {detail}",
+            "record": reject_json(thread)}
+
+
+def raw_scrubber(raw_path: Path, batch: int = BATCH_ROWS) -> HandleScrubber:
+    """Every handle of the dump (post authors, character players; character names protected), read from
+    raw_threads' handle and name columns only, so the post texts are never loaded."""
+    batches = pq.ParquetFile(raw_path).iter_batches(batch_size=batch * 8, columns=HANDLE_COLUMNS)
+    handles, names = dump_handles_arrow(batches)
+    return HandleScrubber(handles, protected_names=names)
+
+
+_CANDIDATE_SCHEMA = schemas.FILTERED_THREADS.append(pa.field("line", pa.int64()))
+
+
+def _raw_rows_at(raw_path: Path, lines: set[int]) -> Iterator[dict]:
+    """The raw threads whose `line` is in `lines`, in file order, reading only the row groups holding them."""
+    if not lines:
+        return
+    raw = pq.ParquetFile(raw_path)
+    wanted = pa.array(sorted(lines), pa.int64())
+    for group in range(raw.metadata.num_row_groups):
+        mask = pc.is_in(raw.read_row_group(group, columns=["line"]).column("line"), value_set=wanted)
+        if pc.any(mask).as_py():
+            yield from raw.read_row_group(group).filter(mask).to_pylist()
+
+
+def run_filtered(raw_path: Path, folder: Path, rules: FilterRules = FilterRules(),
+                 options: CleaningOptions = CleaningOptions(), dedup: DedupConfig = DedupConfig(),
+                 batch: int = BATCH_ROWS) -> dict:
+    """raw_threads' `threads.parquet` -> kept `threads.parquet` (FILTERED_THREADS) + `rejects.parquet` in `folder`.
+
+    Passes: (1) the dump's handles (scrubber); (2) each raw thread cleaned (`clean_thread`) and
+    filtered (`rejection_reason`): a reject is written at once, a candidate goes to a temporary
+    Parquet file and its dedup signature to a `SignatureStore` (MinHash rows spilled to disk);
+    then `resolve` names the exact and near duplicates (earliest thread_id kept); (3) the candidates
+    that are no duplicate are written, counted and checked for handle leaks; the duplicates' raw
+    threads are read back (only the row groups holding them) as rejects. The rejects file is the
+    filter rejects and the duplicate rejects merged by `line` (the order of a stable sort by line).
+    """
+    scrubber = raw_scrubber(raw_path, batch)
+    sign = dedup.exact or dedup.near
+    reasons: Counter[str] = Counter()
+    n_in = 0
+    kept = RowWriter(folder / "threads.parquet", schemas.FILTERED_THREADS, batch)
+    rejects = RowWriter(folder / "rejects.parquet", schemas.REJECTS, batch)
+    with tempfile.TemporaryDirectory(prefix=".work-", dir=folder) as work_dir:
+        work = Path(work_dir)
+        store = SignatureStore(dedup, spill_dir=work) if sign else None
+        try:
+            with RowWriter(work / "filter_rejects.parquet", schemas.REJECTS, batch) as filter_rejects, \
+                    RowWriter(work / "candidates.parquet", _CANDIDATE_SCHEMA, batch) as candidates:
+                for thread in iter_rows(raw_path, batch=batch):  # pass 2
+                    n_in += 1
+                    cleaned = clean_thread(thread, scrubber, options)
+                    verdict = rejection_reason(cleaned, rules)
+                    if verdict:
+                        reasons[verdict[0]] += 1
+                        filter_rejects.add(filter_reject(thread, *verdict))
+                        continue
+                    if store is not None:
+                        store.add(thread["dump"], thread["thread_id"], cleaned)
+                    candidates.add({**cleaned, "line": thread["line"]})
+            duplicates: dict[str, Duplicate] = {d.thread_id: d for d in store.resolve()} if store else {}
+        finally:
+            if store is not None:
+                store.close()
+
+        summary = _KeptSummary(scrubber)
+        dup_lines: dict[int, Duplicate] = {}
+        try:
+            for row in iter_rows(work / "candidates.parquet", batch=batch):  # pass 3
+                line = row.pop("line")
+                duplicate = duplicates.get(row["thread_id"])
+                if duplicate is not None:
+                    dup_lines[line] = duplicate
+                    reasons[duplicate.reason] += 1
+                    continue
+                kept.add(row)
+                summary.add(row)
+            with RowWriter(work / "duplicate_rejects.parquet", schemas.REJECTS, batch) as dup_rejects:
+                for thread in _raw_rows_at(raw_path, set(dup_lines)):
+                    duplicate = dup_lines[thread["line"]]
+                    dup_rejects.add(filter_reject(thread, duplicate.reason, duplicate.detail))
+            rejects.extend(heapq.merge(iter_rows(work / "filter_rejects.parquet", batch=batch),
+                                       iter_rows(work / "duplicate_rejects.parquet", batch=batch),
+                                       key=lambda r: r["line"]))
+        except BaseException:
+            kept.abort()
+            rejects.abort()
+            raise
+    n_kept, n_rejected = kept.close(), rejects.close()
+    return {"threads_in": n_in, "threads_kept": n_kept, "threads_rejected": n_rejected, "reasons": dict(reasons),
+            **summary.stats()}
+
+
+class _KeptSummary:
+    """Counts over the kept threads, a preview of the first ones, and handle leaks, one thread at a time."""
+
+    def __init__(self, scrubber: HandleScrubber):
+        self.scrubber = scrubber
+        self.totals: Counter[str] = Counter()
+        self.characters: Counter[int] = Counter()
+        self.leaks: list[str] = []
+        self.preview: list[tuple] = []
+
+    def add(self, thread: dict) -> None:
+        ic = ic_turns(thread)
+        t = self.totals
+        t["turns"] += len(ic)
+        t["ooc_turns"] += len(thread["turns"]) - len(ic)
+        t["unattributed_posts"] += thread["n_unattributed_posts"]
+        t["ooc_remarks_removed"] += thread["n_ooc_remarks"]
+        t["posts_with_ooc"] += thread["n_posts_with_ooc"]
+        t["empty_posts"] += thread["n_empty_posts"]
+        self.characters[len(thread["characters"])] += 1
+        texts = [turn["text"] for turn in thread["turns"]] + [c["sheet"] or "" for c in thread["characters"]]
+        texts.append(thread["title"] or "")
+        if self.scrubber.find("\n".join(texts)):  # one scan; the newline keeps every text's word boundaries
+            self.leaks.append(f"{thread['dump']}/{thread['thread_id']}")
+        if len(self.preview) < 8 and ic:
+            self.preview.append((thread["thread_id"], ic[0]["character"], clip(ic[0]["text"], 140)))
+
+    def stats(self) -> dict:
+        keys = ("turns", "ooc_turns", "unattributed_posts", "ooc_remarks_removed", "posts_with_ooc", "empty_posts")
+        return {**{k: self.totals[k] for k in keys}, "threads_with_handle_leaks": len(self.leaks),
+                "handle_leaks": self.leaks[:LISTED_REJECTS], "characters_per_thread": sorted(self.characters.items()),
+                "preview": self.preview}
+
+
+# ---------------------------------------------------------------------------------------------------
+# augmented_prompts
+# ---------------------------------------------------------------------------------------------------
+def sample_texts(sample: dict) -> list[str]:
+    """Every text column of a sample: what the privacy check scans."""
+    texts = [sample["system"], sample["user_character"], sample["sheets"], sample.get("name_map") or ""]
+    for turn in sample["turns"]:
+        texts += [turn["text"], turn.get("name") or ""]
+    return texts
+
+
+def run_augmented(filtered_path: Path, raw_path: Path, folder: Path, sheet_template: SheetTemplate,
+                  system_template, options: PromptOptions = PromptOptions(),
+                  sheet_rewriter: SheetRewriter = normalize_sheet, batch: int = BATCH_ROWS) -> dict:
+    """filtered_threads' `threads.parquet` -> `samples.parquet` (SAMPLES) in `folder`, one thread at a time.
+
+    Every sample's text columns are scanned for every handle of the dump (from `raw_path`, raw_threads'
+    handle columns only) as it is written: `samples_with_handle_leaks` must be 0.
+    """
+    scrubber = raw_scrubber(raw_path, batch)
+    roles: Counter[str] = Counter()
+    threads = ooc_user_turns = 0
+    leaks: list[str] = []
+    example = None
+    with RowWriter(folder / "samples.parquet", schemas.SAMPLES, batch) as samples:
+        for thread in iter_rows(filtered_path, batch=batch):
+            threads += 1
+            for sample in build_samples(thread, sheet_template, system_template, options=options,
+                                        sheet_rewriter=sheet_rewriter):
+                samples.add(sample)
+                example = sample["system"] if example is None else example
+                for turn in sample["turns"]:
+                    roles[turn["role"]] += 1
+                    ooc_user_turns += turn["role"] == "user" and not turn["name"]
+                if scrubber.find("\n".join(sample_texts(sample))):
+                    leaks.append(sample["sample_id"])
+    n = samples.n
+    return {"samples": n, "threads": threads, "samples_per_thread": round(n / max(threads, 1), 3),
+            "user_turns": roles["user"], "model_turns": roles["model"], "ooc_user_turns": ooc_user_turns,
+            "samples_with_handle_leaks": len(leaks), "handle_leaks": sorted(leaks)[:LISTED_REJECTS],
+            "system_prompt_example": example or ""}
