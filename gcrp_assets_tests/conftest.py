@@ -46,3 +46,15 @@ def tiny_model_dir(tmp_path_factory, smol_tokenizer_dir):
     for f in smol_tokenizer_dir.iterdir():
         shutil.copy(f, out / f.name)
     return out
+
+
+@pytest.fixture(scope="session")
+def torch_extensions_dir(tmp_path_factory):
+    """Where DeepSpeed caches the CPU ops it JIT-compiles (shared-memory collective, CPU Adam): the
+    environment's folder (the Makefile sets one), else a session temp dir."""
+    previous = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if not previous:
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path_factory.mktemp("torch_extensions"))
+    yield os.environ["TORCH_EXTENSIONS_DIR"]
+    if not previous:
+        os.environ.pop("TORCH_EXTENSIONS_DIR", None)

@@ -185,6 +185,8 @@ def test_deepspeed_json_is_zero2_without_offload_unless_asked():
     assert "optimizer" not in config      # the Trainer's torch AdamW: nothing to JIT-compile
     offload = deepspeed_config({**party, "offload_optimizer": True}, "bf16")
     assert offload["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert offload["optimizer"]["type"] == "AdamW"   # DeepSpeedCPUAdam steps the offloaded states
+    assert set(offload["optimizer"]["params"].values()) == {"auto"}   # hyperparameters from the Trainer
     zero3 = deepspeed_config({**party, "zero_stage": 3, "load_in_8bit": False}, "fp32")
     assert zero3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
 

@@ -11,23 +11,12 @@ import os
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from gcrp_assets.defs.artifacts import latest_materialization
 from gcrp_assets.defs.resources import ArtifactStore
 from gcrp_assets.defs.training import lora_checkpoint
 from gcrp_assets.defs.training_config import LoraConfig
 from gcrp_assets_tests.test_training_support import record_upstream, synthetic_rows, test_instance, write_tokenized
-
-
-@pytest.fixture(scope="session")
-def torch_extensions_dir(tmp_path_factory):
-    previous = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if not previous:
-        os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path_factory.mktemp("torch_extensions"))
-    yield os.environ["TORCH_EXTENSIONS_DIR"]
-    if not previous:
-        os.environ.pop("TORCH_EXTENSIONS_DIR", None)
 
 
 def test_party_recipe_trains_with_zero2_in_two_processes_over_gloo(tmp_path, tiny_model_dir, torch_extensions_dir,

@@ -198,9 +198,10 @@ def format_problem(hp: dict[str, Any], data_formats: set[str]) -> str | None:
 
 def deepspeed_config(hp: dict[str, Any], precision: str) -> dict[str, Any]:
     """The DeepSpeed JSON for `zero_stage` 2 or 3: batch sizes, accumulation, clipping and the optimizer are
-    left to the HF Trainer ("auto"); no CPU offload unless `offload_optimizer`. The optimizer stays the
-    Trainer's torch AdamW, so nothing has to be JIT-compiled (DeepSpeedCPUAdam is built only when the
-    optimizer is offloaded)."""
+    left to the HF Trainer ("auto"); no CPU offload unless `offload_optimizer`. Without offload the optimizer
+    stays the Trainer's torch AdamW, so nothing has to be JIT-compiled. With offload the JSON names DeepSpeed's
+    AdamW, which DeepSpeed runs as its vectorized DeepSpeedCPUAdam (JIT-compiled once, cached in
+    $TORCH_EXTENSIONS_DIR): a torch optimizer stepping offloaded states is several times slower."""
     zero: dict[str, Any] = {
         "stage": hp["zero_stage"],
         "contiguous_gradients": True,
@@ -213,9 +214,14 @@ def deepspeed_config(hp: dict[str, Any], precision: str) -> dict[str, Any]:
         zero.pop("allgather_bucket_size")
         zero.update({"stage3_prefetch_bucket_size": "auto", "stage3_param_persistence_threshold": "auto",
                      "stage3_gather_16bit_weights_on_model_save": True})
+    optimizer = {}
     if hp.get("offload_optimizer"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        # "auto" takes learning rate, betas, epsilon and weight decay from the Trainer's arguments.
+        optimizer = {"optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                               "weight_decay": "auto"}}}
     return {
+        **optimizer,
         "zero_optimization": zero,
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},

@@ -307,6 +307,7 @@ def run(pipes: PipesContext | None) -> None:
         "world_size": world_size,
         "zero_stage": hp["zero_stage"],
         "optimizer": _optimizer_name(trainer),
+        "base_optimizer": _base_optimizer_name(trainer),
         "gradient_accumulation_steps": accumulation,
         "samples_per_step": world_size * hp["batch_size"] * accumulation,
         "adapter_sha256": adapter_sha,
@@ -363,6 +364,13 @@ def _optimizer_name(trainer) -> str:
     while type(optimizer).__name__ in ("AcceleratedOptimizer", "DeepSpeedOptimizerWrapper") and hasattr(optimizer, "optimizer"):
         optimizer = optimizer.optimizer
     return type(optimizer).__name__
+
+
+def _base_optimizer_name(trainer) -> str:
+    """The optimizer that updates the weights inside DeepSpeed's ZeRO wrapper (DeepSpeedCPUAdam when the
+    optimizer states are offloaded), else the same as `_optimizer_name`."""
+    basic = getattr(trainer.model_wrapped, "basic_optimizer", None) if trainer.is_deepspeed_enabled else None
+    return type(basic).__name__ if basic is not None else _optimizer_name(trainer)
 
 
 def _step_of(checkpoint: Path) -> int:
