@@ -80,3 +80,34 @@ def test_deepspeed_zero2_with_the_optimizer_offloaded_to_the_cpu(tmp_path, tiny_
     resolved = json.loads((out / "training_config.json").read_text())
     assert resolved["deepspeed"]["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert _adapter_changes_the_model(tiny_model_dir, out)
+
+
+def test_two_nodes_under_torchrun_rendezvous_and_train_as_one_job(tmp_path, tiny_model_dir):
+    """Two "nodes" on this host: the same torchrun command twice, node_rank 0 and 1, one process each,
+    meeting at master_addr:master_port over TCP, as on two machines sharing a file system."""
+    import socket
+    import subprocess
+
+    from gcrp_assets_tests.test_training_support import ROOT, trainer_env
+
+    rows = synthetic_rows(n_train=8, n_eval=0, lengths=(40, 120))
+    data = write_tokenized(tmp_path / "tok", rows)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "adapter"
+    nodes = []
+    for node_rank in (0, 1):
+        hp = LoraConfig(launcher="torchrun", nnodes=2, node_rank=node_rank, nproc_per_node=1,
+                        master_addr="127.0.0.1", master_port=port, max_steps=2, batch_size=2, global_batch_size=4,
+                        logging_steps=1, precision="fp32", learning_rate=1e-3).resolved()
+        command = trainer_command(hp)
+        assert "--nnodes=2" in command and f"--node_rank={node_rank}" in command
+        nodes.append(subprocess.Popen(command, cwd=ROOT, env=trainer_env(extras_for(data, tiny_model_dir, out, hp),
+                                                                       OMP_NUM_THREADS="1"),
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = [node.communicate(timeout=420)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["world_size"], metrics["samples_per_step"], metrics["steps"]) == (2, 4, 2)
+    assert metrics["train_tokens"] == sum(len(r["input_ids"]) for r in rows)   # 2 steps x 4 = the 8 rows once
