@@ -369,7 +369,10 @@ def test_overlapping_windows_train_each_model_turn_exactly_once(smol_tokenizer, 
     assert sorted(trained_turns) == model_turns  # each model turn trained exactly once
 
 
-def test_tokenization_is_one_call_per_sample_plus_one_per_window(smol_tokenizer, monkeypatch):
+@pytest.mark.parametrize("reuse", [False, True])
+def test_tokenization_is_one_call_per_sample_plus_one_per_window(smol_tokenizer, monkeypatch, reuse):
+    """Without reuse, each window is tokenized once more; with reuse (the default), windows whose
+    junctions are clean cuts are cut out of the sample's own tokens (here: all of them)."""
     calls = []
     real = tokenization._encode_texts
 
@@ -378,13 +381,22 @@ def test_tokenization_is_one_call_per_sample_plus_one_per_window(smol_tokenizer,
         return real(tokenizer, info, texts)
 
     monkeypatch.setattr(tokenization, "_encode_texts", counting)
-    windows, _ = tokenize_sample(LONG, get_format("inst"), smol_tokenizer, max_length=160, overlap_turns=1)
-    assert sum(calls) == 1 + len(windows) and len(calls) == 2
+    windows, _ = tokenize_sample(LONG, get_format("inst"), smol_tokenizer, max_length=160, overlap_turns=1,
+                                 reuse_tokens=reuse)
+    if reuse:
+        assert calls == [1] and len(windows) > 3
+    else:
+        assert sum(calls) == 1 + len(windows) and len(calls) == 2
     calls.clear()
     many = [dict(LONG, sample_id=f"s{i}") for i in range(5)] + [dict(SAMPLE, sample_id="short")]
-    results = list(tokenize_samples(many, get_format("inst"), smol_tokenizer, 160, batch_size=16))
-    assert len(calls) == 2 and sum(calls) == len(many) + sum(len(w) for w, _ in results) - 1
-    for (w, d), (w1, d1) in zip(results, [tokenize_sample(s, get_format("inst"), smol_tokenizer, 160) for s in many]):
+    results = list(tokenize_samples(many, get_format("inst"), smol_tokenizer, 160, batch_size=16,
+                                    reuse_tokens=reuse))
+    if reuse:
+        assert calls == [len(many)]
+    else:
+        assert len(calls) == 2 and sum(calls) == len(many) + sum(len(w) for w, _ in results) - 1
+    for (w, d), (w1, d1) in zip(results, [tokenize_sample(s, get_format("inst"), smol_tokenizer, 160,
+                                                          reuse_tokens=not reuse) for s in many]):
         assert w == w1 and d == d1
 
 
@@ -509,3 +521,79 @@ def test_turn_costs_from_char_lookups_equal_counting_offsets(smol_tokenizer):
         head, cost = tokenization._costs(full, enc)
         assert (head, cost) == tokenization._costs(full, offsets_only)
         assert head + sum(cost) == len(enc.ids) and len(cost) == len(LONG["turns"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows cut out of the sample's own tokens equal windows tokenized on their own
+
+_SPOOFS = ["I type <|im_start|> here", "I type [INST]model\nX: hi[/INST] here"]
+_AWKWARD_TEXTS = ["plain words here.", "ends with spaces   ", "ends with newline\n", "  leading spaces", "\n\nnewlines first",
+                  "emoji 😀🎉 and 漢字", "numbers 12345 and 3.14", "don't won't it's", "tabs\tand\r\nCRLF", "ends with emoji 🎉", "*asterisks*",
+                  "\"quoted\"", "trailing tab\t", "ünïcödé wörds", "", "x"]
+
+
+def _random_samples(seed: int, n: int):
+    import random
+
+    rng = random.Random(seed)
+    names = ["Steve", "Altair \"Arty\" Enzo", "Sukuna Gojo", "桜", "R2 D2"]
+    for i in range(n):
+        roles = [rng.choice(["user", "model", "model"]) for _ in range(rng.randint(8, 30))]
+        pool = _AWKWARD_TEXTS + _SPOOFS * (i % 4 == 0)  # a quarter spell special tokens in free text
+        turns = [{"role": role, "name": rng.choice(names + [None] * (role == "user")),
+                  "text": " ".join(rng.choice(pool) for _ in range(rng.randint(1, 4)))}
+                 for role in roles]
+        system = rng.choice(["", "You are in a roleplay.", "System ends with space ", "System ends with newline\n"]
+                            + ["Sys with <|im_end|> inside"] * (i % 4 == 0))
+        yield {"sample_id": f"r{seed}-{i}", "thread_key": f"r/{i}", "system": system, "turns": turns}
+
+
+@pytest.mark.parametrize("name", ["inst", "chatml", "herrsimian", "party-final-eos", "chatml-names",
+                                  "herrsimian-header"])
+def test_windows_cut_from_the_sample_tokens_equal_windows_tokenized_alone(name, smol_tokenizer, inst_tokenizer,
+                                                                         monkeypatch):
+    fmt = get_format(name)
+    outcomes = []
+    real = tokenization._splice
+
+    def recording(*args):
+        result = real(*args)
+        outcomes.append(result is not None)
+        return result
+
+    monkeypatch.setattr(tokenization, "_splice", recording)
+    for tok in (smol_tokenizer, inst_tokenizer):
+        for overlap in (0, 2):
+            for policy in (None, "last_model_turn"):
+                samples = list(_random_samples(len(name) + overlap, 12))
+                fast = list(tokenize_samples(samples, fmt, tok, 120, label_policy=policy, overlap_turns=overlap))
+                slow = list(tokenize_samples(samples, fmt, tok, 120, label_policy=policy, overlap_turns=overlap,
+                                             reuse_tokens=False))
+                assert fast == slow
+                for sample, (windows, _) in zip(samples, fast):
+                    for w in windows:
+                        rendered = render(sample, fmt, tok.bos_token, (w.first_turn, w.last_turn),
+                                          eos_token=tok.eos_token, label_policy=policy, train_from=w.train_from)
+                        assert w.text == rendered.text
+    # Both ways were taken: windows cut out of the sample's tokens, and windows tokenized alone
+    # (e.g. no system prompt: the first turn of a later window has no separator before it).
+    assert outcomes.count(True) > 50 and outcomes.count(False) > 0
+
+
+def test_cut_rules_follow_the_tokenizer(smol_tokenizer, inst_tokenizer, smol_tokenizer_dir):
+    from transformers import AddedToken, AutoTokenizer
+
+    info = tokenization._info(smol_tokenizer)
+    assert info.whitespace_cut and "<|im_start|>" in info.clean_tokens
+    assert set(tokenization._info(inst_tokenizer).clean_tokens) >= {"[INST]", "[/INST]", "<|im_end|>"}
+    cut = tokenization._cut
+    assert cut(info, "a]", 2, "\n[INST]", 0) and cut(info, "abc<|im_end|>", 13, "word", 0)
+    assert cut(info, "abc", 3, "<|im_start|>x", 0)
+    assert not cut(info, "abc", 3, "def", 0) and not cut(info, "abc ", 4, "\nx", 0)  # space then newline merge
+    assert not cut(info, "", 0, "\nx", 0) and not cut(info, "a", 1, "x", 1)
+    # A token that strips whitespace, or one overlapping another, gives no cut at its edges.
+    tok = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    tok.add_special_tokens({"additional_special_tokens": [AddedToken("<sep>", lstrip=True), "<ab>", "b><c"]})
+    info = tokenization._info(tok)
+    assert not {"<sep>", "<ab>", "b><c"} & set(info.clean_tokens) and not info.whitespace_cut
+    assert not cut(info, "x<sep>", 6, "y", 0) and cut(info, "x<|im_end|>", 11, "y", 0)

@@ -100,6 +100,67 @@ class _TokenizerInfo:
         # would not change its truncation/padding settings first.
         self.backend = (backend if backend is not None and getattr(backend, "truncation", None) is None
                         and getattr(backend, "padding", None) is None else None)
+        self.clean_tokens, self.whitespace_cut = _cut_rules(backend, list(decoder.values()))
+
+
+def _overlap(s: str, t: str) -> bool:
+    """Whether an occurrence of `t` can overlap an occurrence of `s` other than coinciding with it."""
+    if s == t:
+        return any(s[-k:] == s[:k] for k in range(1, len(s)))
+    return (s in t or t in s or any(t.endswith(s[:k]) for k in range(1, len(s)))
+            or any(t.startswith(s[-k:]) for k in range(1, len(s))))
+
+
+def _cut_rules(backend, added: list) -> tuple[tuple[str, ...], bool]:
+    """Where a text can be cut so that tokenizing the two sides apart gives the same tokens (see `_cut`).
+
+    - `clean_tokens`: added tokens matched as themselves (no lstrip/rstrip/single_word/normalized
+      flag) that no other added token (nor the token itself) can overlap. Fast tokenizers split the
+      text at added tokens before anything else (leftmost-longest matching), so every occurrence of
+      such a token is split out and the pieces on either side are tokenized independently.
+    - `whitespace_cut`: the pre-tokenizer is GPT-2's byte-level regex (`ByteLevel`, `use_regex`, no
+      prefix space) without a normalizer, and no added token spans a non-space → whitespace step.
+      That regex never lets a match run from a non-space character into following whitespace and
+      has no look-behind, so between a non-space character and an ASCII whitespace character there
+      is always a pre-token boundary whose two sides are split independently of the other side.
+    Anything else (other pre-tokenizers, normalizers with normalized added tokens): no rule, and
+    windows are tokenized on their own.
+    """
+    if backend is None:
+        return (), False
+    tokens = [t for t in added if getattr(t, "content", "")]
+    contents = [t.content for t in tokens]
+    normalizer = getattr(backend, "normalizer", None)
+    if normalizer is not None and any(getattr(t, "normalized", True) for t in tokens):
+        return (), False
+    clean = tuple(t.content for k, t in enumerate(tokens)
+                  if not (t.lstrip or t.rstrip or t.single_word or t.normalized)
+                  and not any(_overlap(t.content, other) for other in contents[:k] + contents[k + 1:]))
+    whitespace = False
+    try:
+        import json
+
+        pre = json.loads(backend.pre_tokenizer.__getstate__()) if backend.pre_tokenizer is not None else {}
+        whitespace = (normalizer is None and pre.get("type") == "ByteLevel" and pre.get("use_regex") is True
+                      and pre.get("add_prefix_space") is False and len(clean) == len(tokens)
+                      and not any(not a.isspace() and b in _CUT_SPACE for c in contents for a, b in zip(c, c[1:])))
+    except (AttributeError, TypeError, ValueError):
+        whitespace = False
+    return clean, whitespace
+
+
+_CUT_SPACE = " \t\n\r"
+
+
+def _cut(info: "_TokenizerInfo", left: str, i: int, right: str, j: int) -> bool:
+    """Whether `left[:i] + right[j:]` tokenizes as `left[:i]` and `right[j:]` each on its own, joined:
+    a clean added token ends at the junction or starts there, or (GPT-2 byte-level regex) a non-space
+    character meets ASCII whitespace. Both sides must be non-empty."""
+    if i <= 0 or j >= len(right):
+        return False
+    if info.clean_tokens and (left.endswith(info.clean_tokens, 0, i) or right.startswith(info.clean_tokens, j)):
+        return True
+    return info.whitespace_cut and right[j] in _CUT_SPACE and not left[i - 1].isspace()
 
 
 _INFO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -197,10 +258,12 @@ class _Encoded:
     """Token ids of one text, with the offsets fetched lazily: when the Rust `Encoding` is at hand,
     labels need only a few `char_to_token` look-ups per trained span instead of every offset."""
 
-    __slots__ = ("ids", "_offsets", "encoding")
+    __slots__ = ("ids", "_offsets", "encoding", "whole")
 
-    def __init__(self, ids: list[int], offsets: list[tuple[int, int]] | None = None, encoding=None):
-        self.ids, self._offsets, self.encoding = ids, offsets, encoding
+    def __init__(self, ids: list[int], offsets: list[tuple[int, int]] | None = None, encoding=None,
+                 whole: bool = True):
+        # whole: the text was tokenized in one call (not cut at special tokens by `_split_encode`)
+        self.ids, self._offsets, self.encoding, self.whole = ids, offsets, encoding, whole
 
     @property
     def offsets(self) -> list[tuple[int, int]]:
@@ -214,34 +277,42 @@ class _Encoded:
         return _labels_from_encoding(rendered, self.ids, self.encoding)
 
 
+def _span_run(encoding, n: int, s: int, e: int) -> tuple[int, int] | None:
+    """The tokens lying wholly inside characters [s, e), as (first, last) indices; offsets never decrease
+    (fast tokenizers): from the first token starting at or after `s` to the last token ending by `e`."""
+    starts = encoding.token_to_chars
+    first = last = None
+    for p in range(s, e):
+        t = encoding.char_to_token(p)
+        if t is not None:
+            while t < n and starts(t)[0] < s:
+                t += 1
+            first = t
+            break
+    if first is None or first >= n:
+        return None
+    for p in range(e - 1, s - 1, -1):
+        t = encoding.char_to_token(p)
+        if t is not None:
+            while t + 1 < n and starts(t + 1)[0] < e and starts(t + 1)[1] <= e:
+                t += 1
+            while t >= 0 and starts(t)[1] > e:
+                t -= 1
+            last = t
+            break
+    if last is None or last < first:
+        return None
+    return first, last
+
+
 def _labels_from_encoding(rendered: Rendered, ids: list[int], encoding) -> list[int]:
-    """`labels_for`, for offsets that never decrease (fast tokenizers): the tokens inside a span are
-    a run from the first token starting at or after its start to the last token ending by its end."""
+    """`labels_for`, from a few `char_to_token` look-ups per trained span."""
     n = len(ids)
     labels = [IGNORE] * n
-    starts = encoding.token_to_chars
     for s, e in rendered.trained_spans():
-        first = last = None
-        for p in range(s, e):
-            t = encoding.char_to_token(p)
-            if t is not None:
-                while t < n and starts(t)[0] < s:
-                    t += 1
-                first = t
-                break
-        if first is None or first >= n:
-            continue
-        for p in range(e - 1, s - 1, -1):
-            t = encoding.char_to_token(p)
-            if t is not None:
-                while t + 1 < n and starts(t + 1)[0] < e and starts(t + 1)[1] <= e:
-                    t += 1
-                while t >= 0 and starts(t)[1] > e:
-                    t -= 1
-                last = t
-                break
-        if last is not None and last >= first:
-            labels[first:last + 1] = ids[first:last + 1]
+        run = _span_run(encoding, n, s, e)
+        if run is not None:
+            labels[run[0]:run[1] + 1] = ids[run[0]:run[1] + 1]
     return labels
 
 
@@ -265,7 +336,7 @@ def _encode_batch(tokenizer, rendered: list[Rendered]) -> list[_Encoded]:
         if safe:
             plain.append(k)
         else:
-            out[k] = _Encoded(*_split_encode(tokenizer, info, r, matches))
+            out[k] = _Encoded(*_split_encode(tokenizer, info, r, matches), whole=False)
     for k, result in zip(plain, _encode_texts(tokenizer, info, [rendered[k].text for k in plain])):
         out[k] = result
     return out
@@ -309,18 +380,22 @@ class _Sample:
                       train_from=train_from)
 
 
-def _costs(full: Rendered, enc: _Encoded) -> tuple[int, list[int]]:
-    """Tokens of BOS + system prompt, and of each turn, from the one full tokenization: the tokens
-    that start inside each block (token starts never decrease)."""
-    n = len(enc.ids)
-    cache: dict[int, int] = {len(full.text): n}
+class _TokenIndex:
+    """`at(pos)`: index of the first token of one encoding that starts at or after character `pos`
+    (token starts never decrease); a few `char_to_token` look-ups when the Rust encoding is at hand."""
 
-    def at(pos: int) -> int:  # index of the first token starting at or after `pos`
+    def __init__(self, text_length: int, enc: _Encoded):
+        self.enc, self.n, self.length = enc, len(enc.ids), text_length
+        self.cache: dict[int, int] = {text_length: self.n}
+
+    def at(self, pos: int) -> int:
+        cache = self.cache
         if pos in cache:
             return cache[pos]
+        enc, n = self.enc, self.n
         index = None
-        if enc.encoding is not None:  # a few look-ups instead of every offset
-            for p in range(pos, min(pos + 64, len(full.text))):
+        if enc.encoding is not None:
+            for p in range(pos, min(pos + 64, self.length)):
                 t = enc.encoding.char_to_token(p)
                 if t is not None:
                     while t < n and enc.encoding.token_to_chars(t)[0] < pos:
@@ -332,8 +407,73 @@ def _costs(full: Rendered, enc: _Encoded) -> tuple[int, list[int]]:
         cache[pos] = index
         return index
 
+    def ends_by(self, t: int, pos: int) -> bool:
+        """Whether every token before index `t` ends at or before character `pos`."""
+        if t <= 0:
+            return True
+        enc = self.enc
+        end = enc.encoding.token_to_chars(t - 1)[1] if enc.encoding is not None else enc.offsets[t - 1][1]
+        return end <= pos
+
+
+def _costs(full: Rendered, enc: _Encoded, index: _TokenIndex | None = None) -> tuple[int, list[int]]:
+    """Tokens of BOS + system prompt, and of each turn, from the one full tokenization: the tokens
+    that start inside each block (token starts never decrease)."""
+    at = (index or _TokenIndex(len(full.text), enc)).at
     head = sum(at(b.end) - at(b.start) for b in full.blocks if b.turn < 0)
     return head, [at(b.end) - at(b.start) for b in full.blocks if b.turn >= 0]
+
+
+def _splice(info: _TokenizerInfo, full: Rendered, enc: _Encoded, index: _TokenIndex, turn_blocks: list,
+            window: Rendered, ctx: int, last: int) -> tuple[list[int], list[int]] | None:
+    """A window's (input_ids, labels) cut out of the whole sample's tokenization, or None when that
+    cannot be shown to equal tokenizing the window on its own.
+
+    The window's text must be the sample's head (BOS, system prompt) followed by the sample's text
+    of turns [ctx, last), character for character; and each junction (end of the head in the sample,
+    start of turn `ctx` in the sample, end of turn `last - 1` in the sample, and head + turn `ctx` in
+    the window) must be a clean cut (`_cut`). Then the window's tokens are the sample's tokens of
+    the head followed by its tokens of those turns, with the same offsets shifted.
+    """
+    text, wtext = full.text, window.text
+    h = turn_blocks[0].start
+    a, b = turn_blocks[ctx].start, turn_blocks[last - 1].end
+    if len(wtext) != h + b - a or not wtext.startswith(text[:h]) or not wtext.endswith(text[a:b]):
+        return None
+    if b < len(text) and not _cut(info, text, b, text, b):
+        return None
+    at = index.at
+    i_b = at(b)
+    if not index.ends_by(i_b, b):
+        return None
+    if a == h:
+        i_h = i_a = 0
+    else:
+        if not (_cut(info, text, h, text, h) and _cut(info, text, a, text, a) and _cut(info, text, h, text, a)):
+            return None
+        i_h, i_a = at(h), at(a)
+        if not (index.ends_by(i_h, h) and index.ends_by(i_a, a)):
+            return None
+    ids = enc.ids[:i_h] + enc.ids[i_a:i_b]
+    shift = a - h
+    if enc.encoding is None:
+        offsets = enc.offsets[:i_h] + [(s - shift, e - shift) for s, e in enc.offsets[i_a:i_b]]
+        return ids, labels_for(window, ids, offsets)
+    labels = [IGNORE] * len(ids)
+    n = len(enc.ids)
+    for s, e in window.trained_spans():
+        if a == h:  # the window is the sample's text up to `b`: nothing moved
+            pieces = [(s, e, 0)]
+        else:  # no token crosses the cut at `h`: a span across it is the same as its two parts
+            pieces = [(s, min(e, h), 0)] if s < h else []
+            if e > h:
+                pieces.append((max(s, h) + shift, e + shift, i_a - i_h))
+        for ps, pe, moved in pieces:
+            run = _span_run(enc.encoding, n, ps, pe)
+            if run is not None:
+                first, end = run[0] - moved, run[1] + 1 - moved
+                labels[first:end] = ids[first:end]
+    return ids, labels
 
 
 def _window_loop(state: _Sample, head: int, cost: list[int], max_length: int, overlap: int, make):
@@ -398,36 +538,40 @@ def _check_overlap(overlap_turns: int) -> int:
 
 def tokenize_samples(samples: Iterable[dict], fmt: ChatFormat, tokenizer, max_length: int, *,
                      label_policy: str | None = None, overlap_turns: int = 0,
-                     batch_size: int = 128) -> Iterator[tuple[list[Tokenized], list[Dropped]]]:
+                     batch_size: int = 128, reuse_tokens: bool = True) -> Iterator[tuple[list[Tokenized], list[Dropped]]]:
     """`tokenize_sample` over many samples, batching the tokenizer calls; yields in input order.
 
     Per batch: render every sample once and tokenize the texts in one call; plan the windows of
-    samples that do not fit from those token counts; tokenize all planned windows in one more call.
-    Only a window whose re-tokenization overshoots is tokenized again on its own.
+    samples that do not fit from those token counts; cut each window's tokens out of its sample's
+    tokenization where its junctions are clean cuts (`_splice`; `reuse_tokens=False` never does),
+    and tokenize the other windows in one more call. Only a window whose re-tokenization overshoots
+    is tokenized again on its own.
     """
     overlap = _check_overlap(overlap_turns)
     batch: list[dict] = []
     for sample in samples:
         batch.append(sample)
         if len(batch) >= batch_size:
-            yield from _tokenize_batch(batch, fmt, tokenizer, max_length, label_policy, overlap)
+            yield from _tokenize_batch(batch, fmt, tokenizer, max_length, label_policy, overlap, reuse_tokens)
             batch = []
     if batch:
-        yield from _tokenize_batch(batch, fmt, tokenizer, max_length, label_policy, overlap)
+        yield from _tokenize_batch(batch, fmt, tokenizer, max_length, label_policy, overlap, reuse_tokens)
 
 
 def _tokenize_batch(samples: list[dict], fmt: ChatFormat, tokenizer, max_length: int, label_policy: str | None,
-                    overlap: int) -> list[tuple[list[Tokenized], list[Dropped]]]:
+                    overlap: int, reuse_tokens: bool = True) -> list[tuple[list[Tokenized], list[Dropped]]]:
+    info = _info(tokenizer)
     states = [_Sample(s, fmt, tokenizer, label_policy) for s in samples]
     fulls = [state.render() for state in states]
     encoded = _encode_batch(tokenizer, fulls)
     results: list = [None] * len(samples)
-    plans: list[tuple[int, tuple[int, int], list[tuple[int, int, int]]]] = []
+    plans: list[tuple[int, tuple[int, int], list[tuple[int, int, int]], _TokenIndex]] = []
     for k, (state, full, enc) in enumerate(zip(states, fulls, encoded)):
         if len(enc.ids) <= max_length:
             results[k] = ([Tokenized(enc.ids, enc.labels(full), full.text, 0, state.n_turns, 0)], [])
             continue
-        head, cost = _costs(full, enc)
+        index = _TokenIndex(len(full.text), enc)
+        head, cost = _costs(full, enc, index)
         keys: list[tuple[int, int, int]] = []
 
         def plan(ctx, first, last, head=head, cost=cost, keys=keys):
@@ -435,17 +579,25 @@ def _tokenize_batch(samples: list[dict], fmt: ChatFormat, tokenizer, max_length:
             return _Estimate(head + sum(cost[ctx:last]))
 
         _window_loop(state, head, cost, max_length, overlap, plan)
-        plans.append((k, (head, tuple(cost)), keys))
+        plans.append((k, (head, tuple(cost)), keys, index))
 
-    # All planned windows of the batch in one tokenizer call.
-    renders = {(k, key): states[k].render((key[0], key[2]), key[1]) for k, _, keys in plans for key in keys}
-    order = list(renders)
-    done = {}
-    for (k, key), enc in zip(order, _encode_batch(tokenizer, [renders[i] for i in order])):
-        r = renders[(k, key)]
+    # Planned windows: cut out of their sample's tokens where that is exact, the rest in one call.
+    done, pending = {}, []
+    for k, _, keys, index in plans:
+        full, enc = fulls[k], encoded[k]
+        turn_blocks = [blk for blk in full.blocks if blk.turn >= 0]
+        reusable = reuse_tokens and enc.whole
+        for key in keys:
+            r = states[k].render((key[0], key[2]), key[1])
+            spliced = _splice(info, full, enc, index, turn_blocks, r, key[0], key[2]) if reusable else None
+            if spliced is None:
+                pending.append(((k, key), r))
+            else:
+                done[(k, key)] = Tokenized(spliced[0], spliced[1], r.text, key[0], key[2], key[1])
+    for ((k, key), r), enc in zip(pending, _encode_batch(tokenizer, [r for _, r in pending]) if pending else []):
         done[(k, key)] = Tokenized(enc.ids, enc.labels(r), r.text, key[0], key[2], key[1])
 
-    for k, (head, cost), _ in plans:
+    for k, (head, cost), _, _ in plans:
         state = states[k]
 
         def make(ctx, first, last, k=k, state=state):
@@ -459,10 +611,12 @@ def _tokenize_batch(samples: list[dict], fmt: ChatFormat, tokenizer, max_length:
 
 
 def tokenize_sample(sample: dict, fmt: ChatFormat, tokenizer, max_length: int, *, label_policy: str | None = None,
-                    overlap_turns: int = 0) -> tuple[list[Tokenized], list[Dropped]]:
+                    overlap_turns: int = 0, reuse_tokens: bool = True) -> tuple[list[Tokenized], list[Dropped]]:
     """One sample → windows of at most `max_length` tokens, and the turns that could not be kept.
 
     `label_policy`: None → the format's default (see `formats`). `overlap_turns`: turns of context
-    repeated at the start of each later window (not trained again).
+    repeated at the start of each later window (not trained again). `reuse_tokens=False`: tokenize
+    every window on its own instead of cutting it out of the sample's tokens (same result; for tests).
     """
-    return _tokenize_batch([sample], fmt, tokenizer, max_length, label_policy, _check_overlap(overlap_turns))[0]
+    return _tokenize_batch([sample], fmt, tokenizer, max_length, label_policy, _check_overlap(overlap_turns),
+                           reuse_tokens)[0]
