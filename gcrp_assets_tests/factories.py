@@ -12,6 +12,20 @@ HANDLES = ["nightowl_77", "quill&ink", "Brambleberry", "xX_Vex_Xx", "mossy.stone
            "grey_wick", "lanternfish"]
 
 
+# A five-turn sample (the augmented_prompts row shape) with non-alternating model turns and a quoted name.
+SAMPLE = {
+    "sample_id": "s1", "thread_key": "d/t1", "user_character": "Steve",
+    "system": "You are involved in a roleplay with Steve.",
+    "turns": [
+        {"role": "user", "name": "Steve", "text": "Steve opened the door. \"Evening.\""},
+        {"role": "model", "name": "Altair \"Arty\" Enzo", "text": "*Arty nodded.* \"You're late.\""},
+        {"role": "model", "name": "Sukuna Gojo", "text": "Sukuna shrugged.\n\nHe said nothing."},
+        {"role": "user", "name": "Steve", "text": "Steve laughed."},
+        {"role": "model", "name": "Altair \"Arty\" Enzo", "text": "Arty poured two drinks."},
+    ],
+}
+
+
 _VERBS = ["pushed", "studied", "lifted", "circled", "tapped", "pocketed", "weighed", "dusted", "hid", "mended",
           "sketched", "polished", "traded", "unwrapped", "tested", "counted", "folded", "sniffed", "balanced", "tilted"]
 _THINGS = ["brass key", "river map", "salt jar", "copper lantern", "torn letter", "silver coin", "oak staff",

@@ -3,19 +3,7 @@ import pytest
 from gcrp_assets.lib.formats import FORMATS, chat_template, generation_prompt, get_format, render, sample_messages
 from gcrp_assets.lib.split import assign_splits
 from gcrp_assets.lib.tokenization import IGNORE, tokenize_sample
-
-SAMPLE = {
-    "sample_id": "s1", "thread_key": "d/t1", "user_character": "Steve",
-    "system": "You are involved in a roleplay with Steve.",
-    "turns": [
-        {"role": "user", "name": "Steve", "text": "Steve opened the door. \"Evening.\""},
-        {"role": "model", "name": "Altair \"Arty\" Enzo", "text": "*Arty nodded.* \"You're late.\""},
-        {"role": "model", "name": "Sukuna Gojo", "text": "Sukuna shrugged.\n\nHe said nothing."},
-        {"role": "user", "name": "Steve", "text": "Steve laughed."},
-        {"role": "model", "name": "Altair \"Arty\" Enzo", "text": "Arty poured two drinks."},
-    ],
-}
-
+from gcrp_assets_tests.factories import SAMPLE
 
 def test_inst_format_matches_the_12b_card():
     text = render(SAMPLE, get_format("inst"), "<s>").text
@@ -597,3 +585,76 @@ def test_cut_rules_follow_the_tokenizer(smol_tokenizer, inst_tokenizer, smol_tok
     info = tokenization._info(tok)
     assert not {"<sep>", "<ab>", "b><c"} & set(info.clean_tokens) and not info.whitespace_cut
     assert not cut(info, "x<sep>", 6, "y", 0) and cut(info, "x<|im_end|>", 11, "y", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Check: no trained token inside a user or system turn
+
+
+@pytest.mark.parametrize("name", ["inst", "chatml", "herrsimian", "party-final-eos", "chatml-names"])
+def test_masked_turn_check_passes_on_real_labels_and_fails_on_a_corrupted_row(name, smol_tokenizer):
+    from gcrp_assets.lib.tokenization import check_no_trained_tokens_in_masked_turns, trained_tokens_in_masked_turns
+
+    tok, fmt = smol_tokenizer, get_format(name)
+    [window], _ = tokenize_sample(SAMPLE, fmt, tok, 4096, label_policy="model_turns")
+    rendered = render(SAMPLE, fmt, tok.bos_token, eos_token=tok.eos_token, label_policy="model_turns")
+    enc = tok(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    assert trained_tokens_in_masked_turns(rendered, window.labels, offsets) == []
+    assert check_no_trained_tokens_in_masked_turns(tok, [(rendered, window.input_ids, window.labels)]) == (0, 0, 0)
+    # Corrupt one label in the user's text, one in the system prompt, one in a user header.
+    user_at = rendered.text.index("Steve opened")
+    system_at = rendered.text.index("roleplay with")
+    header_at = next(b for b in rendered.blocks if b.kind == "user" and b.turn == 3).start + 1
+    corrupted = list(window.labels)
+    picks = []
+    for pos in (user_at, system_at, header_at):
+        t = next(i for i, (s, e) in enumerate(offsets) if s <= pos < e)
+        corrupted[t] = window.input_ids[t]
+        picks.append(t)
+    assert trained_tokens_in_masked_turns(rendered, corrupted, offsets) == sorted(picks)
+    rows = [(rendered, window.input_ids, window.labels), (rendered, window.input_ids, corrupted)]
+    assert check_no_trained_tokens_in_masked_turns(tok, rows) == (1, 3, 0)
+    # A row whose text does not tokenize to its ids cannot be checked, and says so.
+    assert check_no_trained_tokens_in_masked_turns(tok, [(rendered, window.input_ids[1:], window.labels[1:])]) \
+        == (0, 0, 1)
+
+
+def test_masked_turn_check_is_independent_of_the_decoded_text_check(smol_tokenizer):
+    """A label moved from a model turn's first trained token onto an earlier user token with the same id
+    decodes to the same trained text (labels_are_model_turns cannot see it); the masked-turn check does."""
+    from gcrp_assets.lib.tokenization import trained_tokens_in_masked_turns
+
+    tok, fmt = smol_tokenizer, get_format("inst")
+    sample = dict(SAMPLE, turns=[{"role": "user", "name": "Sukuna Gojo", "text": "Hi."},
+                                 {"role": "model", "name": "Sukuna Gojo", "text": "Hello."}])
+    [window], _ = tokenize_sample(sample, fmt, tok, 4096)
+    rendered = render(sample, fmt, tok.bos_token)
+    enc = tok(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    first = next(i for i, label in enumerate(window.labels) if label != IGNORE)
+    earlier = next(i for i in range(first) if window.input_ids[i] == window.input_ids[first])
+    moved = list(window.labels)
+    moved[first], moved[earlier] = IGNORE, window.input_ids[first]
+    assert tok.decode([t for t, label in zip(window.input_ids, moved) if label != IGNORE]) == rendered.trained_text()
+    assert trained_tokens_in_masked_turns(rendered, moved, enc["offset_mapping"]) == [earlier]
+
+
+def test_masked_turn_check_flags_everything_under_the_all_policy(smol_tokenizer):
+    """Why the asset reports the check as vacuous for `all`: by design every user/system token trains."""
+    from gcrp_assets.lib.tokenization import trained_tokens_in_masked_turns
+
+    tok, fmt = smol_tokenizer, get_format("herrsimian")
+    [window], _ = tokenize_sample(SAMPLE, fmt, tok, 4096)
+    rendered = render(SAMPLE, fmt, tok.bos_token)
+    enc = tok(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    assert window.labels == window.input_ids
+    assert len(trained_tokens_in_masked_turns(rendered, window.labels, enc["offset_mapping"])) > 20
+
+
+def test_tokenized_parquet_declares_every_label_check_as_blocking():
+    from gcrp_assets.defs.tokenized import tokenized_parquet
+
+    specs = {spec.name: spec for spec in tokenized_parquet.check_specs}
+    assert set(specs) == {"one_bos_per_sample", "labels_are_model_turns", "within_max_length",
+                          "no_trained_token_in_user_or_system_turn"}
+    assert all(spec.blocking for spec in specs.values())

@@ -15,16 +15,16 @@ from gcrp_assets.defs.partitions import dumps
 from gcrp_assets.defs.resources import ArtifactStore
 from gcrp_assets.lib import schemas
 from gcrp_assets.lib.dedup import DedupConfig, drop_cross_dump_duplicates
-from gcrp_assets.lib.formats import get_format, render
+from gcrp_assets.lib.formats import get_format, render, resolve_label_policy
 from gcrp_assets.lib.hashing import sha256_file
 from gcrp_assets.lib.parquet import read_rows, write_table
 from gcrp_assets.lib.plots import length_histogram_png, markdown_image
 from gcrp_assets.lib.split import assign_splits
 from gcrp_assets.lib.tables import md_table
-from gcrp_assets.lib.tokenization import IGNORE, tokenize_samples
+from gcrp_assets.lib.tokenization import IGNORE, check_no_trained_tokens_in_masked_turns, tokenize_samples
 
 TOKENIZE_CODE = code_version("lib/formats.py", "lib/tokenization.py", "lib/split.py", "lib/dedup.py",
-                             "lib/plots.py", "formats/*")
+                             "lib/plots.py", "formats/*", "defs/tokenized.py")
 
 
 def selected_dumps(instance: dg.DagsterInstance, requested: list[str]) -> list[str]:
@@ -49,6 +49,9 @@ def selected_dumps(instance: dg.DagsterInstance, requested: list[str]) -> list[s
         dg.AssetCheckSpec("labels_are_model_turns", asset="tokenized_parquet", blocking=True,
                           description="Decoding the trained tokens gives exactly the trained spans' text."),
         dg.AssetCheckSpec("within_max_length", asset="tokenized_parquet", blocking=True),
+        dg.AssetCheckSpec("no_trained_token_in_user_or_system_turn", asset="tokenized_parquet", blocking=True,
+                          description="No token with a label lies (even partly) in a user or system turn, from "
+                                      "the rendered turns' character spans and the tokenizer's offset mapping."),
     ],
 )
 def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig, store: ArtifactStore) -> dg.MaterializeResult:
@@ -78,6 +81,18 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
                                config.min_eval_threads, config.split_seed)
         rows, dropped = [], []
         bad_bos = bad_labels = too_long = 0
+        policy = resolve_label_policy(fmt, config.label_policy or None)
+        masked_check = policy != "all"  # `all` trains user and system turns by design
+        leak_rows = leak_tokens = unchecked_rows = 0
+        to_check: list = []
+
+        def check_masked_turns():
+            nonlocal leak_rows, leak_tokens, unchecked_rows
+            found = check_no_trained_tokens_in_masked_turns(tokenizer, to_check)
+            leak_rows, leak_tokens, unchecked_rows = (leak_rows + found[0], leak_tokens + found[1],
+                                                      unchecked_rows + found[2])
+            to_check.clear()
+
         tokenized = tokenize_samples(samples, fmt, tokenizer, config.max_length,
                                      label_policy=config.label_policy or None, overlap_turns=config.overlap_turns)
         for sample, (windows, lost) in zip(samples, tokenized):
@@ -87,17 +102,23 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
                 if fmt.add_bos and (ids[0] != tokenizer.bos_token_id or ids[1:2] == [tokenizer.bos_token_id]):
                     bad_bos += 1
                 trained = [t for t, l in zip(ids, labels) if l != IGNORE]
-                expected = render(sample, fmt, tokenizer.bos_token, (window.first_turn, window.last_turn),
+                rendered = render(sample, fmt, tokenizer.bos_token, (window.first_turn, window.last_turn),
                                   eos_token=tokenizer.eos_token, label_policy=config.label_policy or None,
-                                  train_from=window.train_from).trained_text()
-                if tokenizer.decode(trained) != expected:
+                                  train_from=window.train_from)
+                if tokenizer.decode(trained) != rendered.trained_text():
                     bad_labels += 1
+                if masked_check:
+                    to_check.append((rendered, ids, labels))
+                    if len(to_check) >= 256:
+                        check_masked_turns()
                 too_long += len(ids) > config.max_length
                 rows.append({"sample_id": sample["sample_id"], "window": index, "thread_key": sample["thread_key"],
                              "split": splits[sample["thread_key"]], "format": fmt.name,
                              "first_turn": window.first_turn, "last_turn": window.last_turn,
                              "n_tokens": len(ids), "n_trained": window.n_trained, "text": window.text,
                              "input_ids": ids, "labels": labels})
+        if to_check:
+            check_masked_turns()
         write_table(rows, schemas.TOKENIZED, folder / "tokenized.parquet")
         # The held-out samples with their turns, for generations in eval_report.
         write_table([s for s in samples if splits[s["thread_key"]] == "eval"], schemas.SAMPLES,
@@ -132,6 +153,12 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
             "bad_bos_rows": bad_bos,
             "bad_label_rows": bad_labels,
             "over_length_rows": too_long,
+            "label_policy": policy,
+            "masked_turn_check": ("checked" if masked_check else
+                                  "vacuous: label policy 'all' trains every token, user and system turns included"),
+            "masked_turn_leak_rows": leak_rows,
+            "masked_turn_leak_tokens": leak_tokens,
+            "masked_turn_unchecked_rows": unchecked_rows,
             "preview": dg.MetadataValue.md("```text\n" + (rows[0]["text"][:1500] if rows else "") + "\n```"),
         }
 
@@ -144,4 +171,10 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
                             metadata={"bad_rows": m["bad_label_rows"]}),
         dg.AssetCheckResult(check_name="within_max_length", passed=m["over_length_rows"] == 0,
                             metadata={"rows_over": m["over_length_rows"], "max_tokens": m["max_tokens"]}),
+        dg.AssetCheckResult(check_name="no_trained_token_in_user_or_system_turn",
+                            passed=m["masked_turn_leak_rows"] == 0 and m["masked_turn_unchecked_rows"] == 0,
+                            metadata={"bad_rows": m["masked_turn_leak_rows"],
+                                      "bad_tokens": m["masked_turn_leak_tokens"],
+                                      "rows_not_retokenizing_to_their_ids": m["masked_turn_unchecked_rows"],
+                                      "label_policy": m["label_policy"], "result": m["masked_turn_check"]}),
     ])

@@ -620,3 +620,67 @@ def tokenize_sample(sample: dict, fmt: ChatFormat, tokenizer, max_length: int, *
     """
     return _tokenize_batch([sample], fmt, tokenizer, max_length, label_policy, _check_overlap(overlap_turns),
                            reuse_tokens)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Checking labels against the rendered turns
+
+
+MASKED_KINDS = ("user", "system")
+
+
+def trained_tokens_in_masked_turns(rendered: Rendered, labels: list[int],
+                                   offsets: list[tuple[int, int]]) -> list[int]:
+    """Indices of tokens that train (label != IGNORE) although some of their characters lie in a user
+    or system block of `rendered` (its separator and header included).
+
+    Independent of how labels are made: only the rendered blocks' character spans per role and the
+    tokenizer's offset mapping of the same text are used. Under the `all` label policy every token
+    trains by design, so the answer is every such token.
+    """
+    if len(labels) != len(offsets):
+        raise ValueError(f"{len(labels)} labels but {len(offsets)} offsets")
+    masked = sorted((b.start, b.end) for b in rendered.blocks if b.kind in MASKED_KINDS and b.end > b.start)
+    if not masked:
+        return []
+    starts = [s for s, _ in masked]
+    bad = []
+    for index, (label, (s, e)) in enumerate(zip(labels, offsets)):
+        if label == IGNORE or e <= s:
+            continue
+        # the last masked block starting before the token's end overlaps it when it ends after the start
+        k = bisect.bisect_left(starts, e) - 1
+        if k >= 0 and masked[k][1] > s:
+            bad.append(index)
+    return bad
+
+
+def check_no_trained_tokens_in_masked_turns(tokenizer, rows: Iterable[tuple[Rendered, list[int], list[int]]],
+                                            batch_size: int = 256) -> tuple[int, int, int]:
+    """Over (rendered window, input_ids, labels) rows: (rows with a trained token in a user or system
+    turn, such tokens, rows whose text does not tokenize to their input_ids, hence uncheckable).
+
+    The offsets come from tokenizing each rendered text again (`encode_rendered_batch`, the same
+    special-token rule as training), batched."""
+    bad_rows = bad_tokens = mismatched = 0
+    batch: list = []
+
+    def flush():
+        nonlocal bad_rows, bad_tokens, mismatched
+        encoded = encode_rendered_batch(tokenizer, [r for r, _, _ in batch])
+        for (rendered, ids, labels), (ids2, offsets) in zip(batch, encoded):
+            if list(ids) != list(ids2):
+                mismatched += 1
+                continue
+            found = trained_tokens_in_masked_turns(rendered, labels, offsets)
+            bad_rows += bool(found)
+            bad_tokens += len(found)
+        batch.clear()
+
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return bad_rows, bad_tokens, mismatched
