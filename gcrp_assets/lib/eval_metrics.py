@@ -275,3 +275,48 @@ def stop_outcome(continuation: str, stop_strings: Iterable[str], terminator: str
     for m in markers:  # longest first: `::::user` goes before a shorter marker it contains
         rest = rest.replace(m, "")
     return "run_on" if rest.strip() else "natural_stop"
+
+
+# --- additions: pooled repetition, rates, length distributions ---------------------------------------
+
+def repeated_ngram_rate(texts: Iterable[str] | str, n: int) -> float:
+    """Pooled rep-n over replies: `Σ_texts (|n-grams| − |unique n-grams|) / Σ_texts |n-grams|`.
+
+    The share of a reply's word n-grams that repeat an n-gram earlier in the *same* reply, weighted by
+    n-gram count (a long looping reply weighs more than a short clean one). nan when no text has n words.
+    """
+    total = repeated = 0
+    for text in _as_texts(texts):
+        grams = ngrams(words(text), n)
+        total += len(grams)
+        repeated += len(grams) - len(set(grams))
+    return repeated / total if total else NAN
+
+
+def rate(flags: Iterable[bool]) -> float:
+    """Share of true flags; nan for none."""
+    items = [bool(f) for f in flags]
+    return sum(items) / len(items) if items else NAN
+
+
+def mean(values: Iterable[float]) -> float:
+    """Mean of the finite values; nan when there is none."""
+    items = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return sum(items) / len(items) if items else NAN
+
+
+def ks_distance(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sample Kolmogorov–Smirnov statistic `max_x |F_a(x) − F_b(x)|` of the empirical CDFs; nan if a side
+    is empty. 0 = the same distribution of values, 1 = no overlap."""
+    if not len(a) or not len(b):
+        return NAN
+    xa, xb = np.sort(np.asarray(a, dtype=np.float64)), np.sort(np.asarray(b, dtype=np.float64))
+    grid = np.concatenate([xa, xb])
+    fa = np.searchsorted(xa, grid, side="right") / len(xa)
+    fb = np.searchsorted(xb, grid, side="right") / len(xb)
+    return float(np.max(np.abs(fa - fb)))
+
+
+def word_lengths(texts: Iterable[str] | str) -> list[int]:
+    """Words per text (`words()`), in order: the length distribution of replies."""
+    return [len(words(t)) for t in _as_texts(texts)]
