@@ -208,3 +208,34 @@ def test_template_leaks():
 def test_stop_outcome_classes(fmt_name, continuation, hit_cap, expected):
     fmt = get_format(fmt_name)
     assert stop_outcome(continuation, fmt.stop_strings, fmt.turn_suffix, hit_cap) == expected
+
+
+# --- pooled repetition, rates, length distributions ---------------------------------------------------
+
+
+def test_repeated_ngram_rate_is_pooled_over_replies():
+    from gcrp_assets.lib.eval_metrics import repeated_ngram_rate
+
+    # "a b a b a b": 5 bigrams, 2 unique → 3 repeated; "c d e": 2 bigrams, none repeated
+    assert repeated_ngram_rate(["a b a b a b", "c d e"], 2) == pytest.approx(3 / 7)
+    assert repeated_ngram_rate("a b c", 2) == 0.0
+    assert math.isnan(repeated_ngram_rate(["a"], 2))
+    assert repeated_ngram_rate(["x y x y"], 2) == pytest.approx(rep_n("x y x y", 2))
+
+
+def test_rate_mean_and_word_lengths():
+    from gcrp_assets.lib.eval_metrics import mean, rate, word_lengths
+
+    assert rate([True, False, True, True]) == 0.75 and math.isnan(rate([]))
+    assert mean([1.0, float("nan"), 3.0]) == 2.0 and math.isnan(mean([float("nan")]))
+    assert word_lengths(["a b", "", "Don't stop now"]) == [2, 0, 3]
+    assert distinct_n(["a a b"], 1) == pytest.approx(2 / 3)  # distinct-1
+
+
+def test_ks_distance():
+    from gcrp_assets.lib.eval_metrics import ks_distance
+
+    assert ks_distance([1, 2, 3], [1, 2, 3]) == 0.0
+    assert ks_distance([1, 2], [5, 6]) == 1.0
+    assert ks_distance([1, 2, 3, 4], [3, 4, 5, 6]) == pytest.approx(0.5)
+    assert math.isnan(ks_distance([], [1]))
