@@ -3,11 +3,17 @@
 A token trains when it lies wholly inside a trained span of the rendered string (model turns:
 name, text and terminator; raw-text formats: everything; see `formats` for label policies).
 Samples longer than `max_length` are cut into windows at turn boundaries, each window starting
-again with BOS and the system prompt; a window is rendered and tokenized as a whole, so its token
-boundaries match inference. With `overlap_turns=K` each window after the first starts K turns
-before the previous window's end; those turns are context only (never trained twice). Cost: one
-tokenization of the whole sample plus one per window (never one per turn prefix);
-`tokenize_samples` batches both over many samples.
+again with BOS and the system prompt; a window's ids are those of tokenizing its rendered text as a
+whole, so its token boundaries match inference. With `overlap_turns=K` each window after the first
+starts K turns before the previous window's end; those turns are context only (never trained
+twice). Cost: one tokenization of the whole sample; a window whose text is the sample's head
+followed by a run of the sample's turns, with clean cuts at every junction (a clean added token
+there, or for GPT-2 byte-level tokenizers a non-space character before ASCII whitespace, see
+`_cut_rules`), takes its tokens from that tokenization; any other window is tokenized once more
+(never one tokenization per turn prefix). `tokenize_samples` batches both over many samples.
+
+Checks: `trained_tokens_in_masked_turns` finds trained tokens in user or system turns from the
+rendered blocks and an offset mapping alone (the asset check `no_trained_token_in_user_or_system_turn`).
 
 Special tokens (the rule): a control token is produced only where the *format* writes it (BOS,
 EOS, role prefixes/suffixes, separators). Free text — the system prompt, names, message text —
