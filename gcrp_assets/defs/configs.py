@@ -84,8 +84,21 @@ class EvalConfig(dg.Config):
     precision: str = Field("auto", description="'auto' (bf16 where the hardware has it), 'bf16' or 'fp32'; "
                                                "both arms always use the same.")
     max_prompt_tokens: int = Field(1536, description="Longest held-out context a generation starts from.")
-    max_generations: int = Field(4, description="Held-out contexts to generate replies for.")
-    max_new_tokens: int = Field(48, description="Greedy tokens per generated reply.")
+    max_generations: int = Field(0, description="Held-out contexts to generate replies from (gold model turns, "
+                                                "round-robin over the held-out samples); 0 = auto: 8 on a CPU, "
+                                                "64 when CUDA is present.")
+    samples_per_context: int = Field(2, description="Sampled continuations per context and arm (K), besides the "
+                                                    "greedy one; 0 = greedy only.")
+    temperature: float = Field(-1.0, description="Sampling temperature; negative = the model cards' value for "
+                                                 "the format (inst/chatml 0.8, herrsimian 1.0).")
+    min_p: float = Field(-1.0, description="Min-p of sampling; negative = the model cards' value for the format "
+                                           "(inst/chatml 0.1, herrsimian 0.05).")
+    seed: int = Field(0, description="Seed of the sampled generations (per context; the same for both arms).")
+    generation_batch_size: int = Field(0, description="Contexts per generation batch (each runs 1 + K rows); "
+                                                      "0 = auto: 4 on a CPU, 16 with CUDA.")
+    max_new_tokens: int = Field(0, description="New tokens per continuation (stop strings off); 0 = auto: 40 on "
+                                               "a CPU, 512 when CUDA is present.")
+    report_samples: int = Field(8, description="Contexts shown side by side in the report, worst first.")
     speaker_turns: int = Field(4, description="Gold model turns scored for speaker selection (spread over threads).")
     loss_tolerance: float = Field(0.05, description="Blocking check: the adapter's model-turn loss may exceed "
                                                     "the base model's by at most this many nats/token.")

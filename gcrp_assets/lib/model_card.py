@@ -11,6 +11,7 @@ import statistics
 from collections import Counter
 
 from gcrp_assets.lib.formats import ChatFormat, render
+from gcrp_assets.lib.report import caveats
 from gcrp_assets.lib.tables import md_table
 
 # The reference cards' advice: Party (Nemo) lower temperature with min_p ≥ 0.1; Herrsimian 1.0 with min_p 0.05.
@@ -19,6 +20,11 @@ SAMPLING = {
     "chatml": {"temperature": 0.8, "min_p": 0.1},
     "herrsimian": {"temperature": 1.0, "min_p": 0.05},
 }
+
+
+def recommended_sampling(fmt: ChatFormat) -> dict:
+    """The reference cards' sampling settings for a format (temperature, min_p); other formats: 0.8 / 0.1."""
+    return dict(SAMPLING.get(fmt.name, {"temperature": 0.8, "min_p": 0.1}))
 
 
 def dataset_statistics(samples: list[dict]) -> dict:
@@ -39,24 +45,80 @@ def _num(value: float) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
 
 
+def _rate(section: dict, key: str, arm: str) -> float:
+    return section.get("rates", {}).get(key, {}).get(f"{arm}_rate", float("nan"))
+
+
+def _p(section: dict, key: str) -> str:
+    r = section.get("rates", {}).get(key)
+    return f"McNemar p={_num(r['p'])}" if r else "no test"
+
+
+def known_issues(summary: dict) -> list[str]:
+    """The card's "known issues" as measured on the held-out threads: each line is a number from the eval."""
+    g = summary["generation"]
+    sp = summary["speaker_selection"]
+    roles = summary.get("role_losses", {})
+    st = g.get("settings", {})
+    out = []
+    for decoding, label in (("greedy", "greedy"), ("sampled", f"sampled at temperature {st.get('temperature')}, "
+                                                             f"min_p {st.get('min_p')}")):
+        section = g.get(decoding)
+        if not section:
+            continue
+        out.append(
+            f"- Impersonation ({label}, stop strings off, n={section['n']}): "
+            f"{_num(_rate(section, 'impersonation', 'adapter'))} of continuations write a turn for the user's "
+            f"character (base {_num(_rate(section, 'impersonation', 'base'))}; {_p(section, 'impersonation')}); "
+            f"with the stop strings on, {_num(_rate(section, 'impersonation_shown', 'adapter'))} still show one inside "
+            "the reply. Set the format's stop strings, and in groups the other characters' names.")
+        out.append(
+            f"- Stopping ({label}): natural end of turn {_num(_rate(section, 'natural_stop', 'adapter'))}, run-on past "
+            f"the turn {_num(_rate(section, 'run_on', 'adapter'))}, cut at the token cap "
+            f"{_num(_rate(section, 'truncated', 'adapter'))} (base {_num(_rate(section, 'natural_stop', 'base'))} / "
+            f"{_num(_rate(section, 'run_on', 'base'))} / {_num(_rate(section, 'truncated', 'base'))}); template-marker "
+            f"leaks {_num(_rate(section, 'template_leak', 'adapter'))}.")
+    main = g.get("sampled") or g.get("greedy")
+    if main:
+        human = g.get("human", {})
+        a = main["adapter"]
+        out.append(
+            f"- OOC breaks: {_num(_rate(main, 'ooc', 'adapter'))} of shown replies (base {_num(_rate(main, 'ooc', 'base'))};"
+            f" human replies in the same slots {_num(human.get('ooc'))}, all turns of the same threads "
+            f"{_num(human.get('ooc_same_threads'))}).")
+        out.append(
+            f"- Repetition: distinct-1/2 {_num(a['distinct1'])}/{_num(a['distinct2'])} (human {_num(human.get('distinct1'))}"
+            f"/{_num(human.get('distinct2'))}); repeated 4-grams within a reply {_num(a['repeated_4grams'])}; 4-gram "
+            f"copy of an earlier turn {_num(a['history_overlap'])} (human {_num(human.get('history_overlap'))}).")
+        out.append(
+            f"- Reply length: median {_num(a['length']['model_median'])} words vs {_num(a['length']['human_median'])} "
+            f"for the human replies (KS distance {_num(a['length_ks_vs_human'])}).")
+    user = roles.get("user_text", {})
+    if user.get("tokens"):
+        out.append(
+            f"- User-turn loss {_num(user['loss_base'])} → {_num(user['loss_adapter'])} nats/token (95% CI of the "
+            f"per-thread change [{_num(user['delta_ci_low'])}, {_num(user['delta_ci_high'])}]; model-turn text "
+            f"{_num(roles.get('model_text', {}).get('loss_base'))} → {_num(roles.get('model_text', {}).get('loss_adapter'))})"
+            ": a user-turn loss falling as fast as the model-turn loss means the adapter learns to write the user's "
+            "turns too (impersonation risk).")
+    end = roles.get("model_end", {})
+    if end.get("tokens"):
+        out.append(f"- End-of-turn loss {_num(end['loss_base'])} → {_num(end['loss_adapter'])} nats/token "
+                   f"({end['tokens']} tokens).")
+    out.append(f"- Picks the user's character as next speaker: {_num(sp['adapter']['user_pick_rate'])} "
+               f"(base {_num(sp['base']['user_pick_rate'])}, n={sp['adapter']['n']}).")
+    out += [f"- {c}" for c in caveats(g)]
+    out.append("- Small evaluation: rates come from few held-out contexts; read them with their p-values and CIs.")
+    return out
+
+
 def model_card(*, fmt: ChatFormat, bos_token: str | None, example: dict, stats: dict, training: dict,
                lineage: dict, summary: dict) -> str:
     hp = training["hyperparameters"]
     example_text = render({**example, "turns": example["turns"][:3]}, fmt, bos_token).text
     sampling = SAMPLING.get(fmt.name, {"temperature": 0.8, "min_p": 0.1})
-    g = summary["generation"]
     sp = summary["speaker_selection"]
-    issues = [
-        f"- Impersonation (greedy, stop strings off, n={g['n']}): "
-        f"{_num(g['impersonation']['adapter_rate'])} of replies (base {_num(g['impersonation']['base_rate'])}).",
-        f"- Picks the user's character as next speaker: {_num(sp['adapter']['user_pick_rate'])} "
-        f"(base {_num(sp['base']['user_pick_rate'])}).",
-        f"- Natural stop rate: {_num(g['natural_stop_adapter'])}; run-on rate: {_num(g['run_on_adapter'])}; "
-        f"template-marker leaks: {_num(g['template_leak_adapter'])}.",
-        f"- OOC rate: {_num(g['ooc_adapter'])} (human replies in the same threads: {_num(g['ooc_human'])}).",
-        f"- Copies of earlier turns (4-gram overlap): {_num(g['history_overlap_adapter'])} "
-        f"(human {_num(g['history_overlap_human'])}).",
-    ]
+    issues = known_issues(summary)
     lines = [
         "---",
         "library_name: peft",
@@ -107,6 +169,12 @@ def model_card(*, fmt: ChatFormat, bos_token: str | None, example: dict, stats: 
             ("model-turn loss", _num(summary["model_turn_loss_base"]), _num(summary["model_turn_loss_adapter"]),
              f"[{_num(summary['loss_delta_ci_low'])}, {_num(summary['loss_delta_ci_high'])}]"),
             ("bits per byte", _num(summary["bits_per_byte_base"]), _num(summary["bits_per_byte_adapter"]), ""),
+            *[(label, _num(r["loss_base"]), _num(r["loss_adapter"]),
+               f"[{_num(r['delta_ci_low'])}, {_num(r['delta_ci_high'])}]")
+              for label, r in (("user-turn loss", summary.get("role_losses", {}).get("user_text", {})),
+                               ("speaker-name loss", summary.get("role_losses", {}).get("model_name", {})),
+                               ("end-of-turn loss", summary.get("role_losses", {}).get("model_end", {})))
+              if r.get("tokens")],
             ("speaker selection accuracy", _num(sp["base"]["accuracy"]), _num(sp["adapter"]["accuracy"]), ""),
         ], ["metric", "base", "adapter", "95% CI of the difference"]),
         "",

@@ -71,3 +71,79 @@ def length_histogram_png(lengths: list[int], max_length: int) -> bytes:
     fig.savefig(buffer, format="png", metadata={"Software": None})
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def thread_delta_png(keys: list[str], deltas: list[float], mean: float, low: float, high: float) -> bytes:
+    """Per-thread loss difference (adapter − base), sorted, with the mean and its 95 % bootstrap CI as a band:
+    bars left of 0 are threads the adapter improved."""
+    plt = _pyplot()
+    order = sorted(range(len(deltas)), key=lambda i: deltas[i])
+    fig, ax = plt.subplots(figsize=(6, max(2.0, 0.28 * len(deltas) + 1)), dpi=80)
+    ax.barh(range(len(order)), [deltas[i] for i in order],
+            color=["tab:green" if deltas[i] < 0 else "tab:red" for i in order])
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([keys[i][-28:] for i in order], fontsize=7)
+    ax.axvline(0, color="grey", linewidth=1)
+    if mean == mean:
+        ax.axvline(mean, color="black", linewidth=1, label=f"mean {mean:.3g}")
+    if low == low and high == high:
+        ax.axvspan(low, high, color="grey", alpha=0.25, label=f"95% CI [{low:.3g}, {high:.3g}]")
+    ax.set_xlabel("adapter − base loss per thread (nats/token)")
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def role_loss_png(roles: dict[str, dict]) -> bytes:
+    """Teacher-forced loss per token role, base vs adapter (grouped bars)."""
+    plt = _pyplot()
+    names = list(roles)
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=80)
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [roles[n]["loss_base"] for n in names], width=0.4, label="base")
+    ax.bar([x + 0.2 for x in xs], [roles[n]["loss_adapter"] for n in names], width=0.4, label="adapter")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([n.replace("_", " ") for n in names], fontsize=8)
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def length_distribution_png(lengths: dict[str, list[int]]) -> bytes:
+    """Reply lengths in words: one step histogram per series (human replies, each arm and decoding) on shared
+    bins, with each series' median marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=80)
+    values = [v for series in lengths.values() for v in series]
+    top = max(values) if values else 1
+    bins = list(range(0, top + max(1, top // 20) + 1, max(1, top // 20)))
+    for k, (name, series) in enumerate(lengths.items()):
+        if not series:
+            continue
+        color = f"C{k}"
+        ax.hist(series, bins=bins, histtype="step", linewidth=1.5, color=color, label=f"{name} (n={len(series)})",
+                density=True)
+        median = sorted(series)[len(series) // 2]
+        ax.axvline(median, color=color, linestyle=":", linewidth=1)
+    ax.set_xlabel("words per reply (stops on)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    return _png(fig)

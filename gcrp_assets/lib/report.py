@@ -1,4 +1,11 @@
-"""The eval report as Markdown and as self-contained HTML, from one dict of numbers and the generations."""
+"""The eval report as Markdown and as self-contained HTML, from one dict of numbers and the generations.
+
+Sections: run header, headline table (base | adapter | human | adapter − base | CI or McNemar p), losses by
+token role, speaker-selection baselines, generation rates per decoding with stops off and on, text metrics,
+plots (embedded as data URIs in both files), and side-by-side samples (context, human, base, adapter), worst
+first, with failures marked: `⟦IMPERSONATION⟧`, `⟦LEAK⟧`, `⟦OOC⟧`, and the part a front-end with stop strings
+would hide after `⟦STOP⟧` (run-on) in Markdown; coloured highlights in HTML.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,11 @@ import html
 import math
 from typing import Any
 
-from gcrp_assets.lib.tables import clip, md_table
+from gcrp_assets.lib.eval_metrics import TEMPLATE_MARKERS
+from gcrp_assets.lib.ooc import split_ooc
+from gcrp_assets.lib.tables import md_table
+
+NAN = float("nan")
 
 
 def _fmt(value: Any) -> str:
@@ -19,13 +30,28 @@ def _fmt(value: Any) -> str:
 
 
 def _ci(low: float, high: float) -> str:
-    return "–" if math.isnan(low) or math.isnan(high) else f"[{low:.4g}, {high:.4g}]"
+    return "–" if low is None or high is None or math.isnan(low) or math.isnan(high) else f"[{low:.4g}, {high:.4g}]"
+
+
+def _diff(a: float, b: float) -> float:
+    return a - b if not (a is None or b is None or math.isnan(a) or math.isnan(b)) else NAN
+
+
+def _rate_row(label: str, section: dict, key: str, human: float | None = None, tag: str = "") -> tuple:
+    r = section.get("rates", {}).get(key)
+    if not r:
+        return (label + tag, NAN, NAN, human, NAN, "")
+    return (label + tag, r["base_rate"], r["adapter_rate"], human, r["delta"],
+            f"McNemar p={_fmt(r['p'])} (b={r['b']}, c={r['c']}, n={r['n']})")
 
 
 def headline_rows(s: dict) -> list[tuple[str, str, str, str, str, str]]:
-    """(metric, base, adapter, human, adapter - base, 95% CI or p) rows of the headline table."""
+    """(metric, base, adapter, human, adapter − base, 95% CI or p) rows of the headline table."""
     g = s["generation"]
     sp = s["speaker_selection"]
+    roles = s.get("role_losses", {})
+    greedy, sampled = g.get("greedy", {}), g.get("sampled", {})
+    human = g.get("human", {})
     rows = [
         ("model-turn loss (nats/token)", s["model_turn_loss_base"], s["model_turn_loss_adapter"], None,
          s["model_turn_loss_adapter"] - s["model_turn_loss_base"],
@@ -34,53 +60,279 @@ def headline_rows(s: dict) -> list[tuple[str, str, str, str, str, str]]:
          s["perplexity_adapter"] - s["perplexity_base"], ""),
         ("bits per byte (model turns)", s["bits_per_byte_base"], s["bits_per_byte_adapter"], None,
          s["bits_per_byte_adapter"] - s["bits_per_byte_base"], ""),
-        ("speaker selection accuracy", sp["base"]["accuracy"], sp["adapter"]["accuracy"], None,
-         sp["adapter"]["accuracy"] - sp["base"]["accuracy"], f"n={sp['adapter']['n']}"),
-        ("speaker selection MRR", sp["base"]["mrr"], sp["adapter"]["mrr"], None,
-         sp["adapter"]["mrr"] - sp["base"]["mrr"], ""),
-        ("picks the user's character", sp["base"]["user_pick_rate"], sp["adapter"]["user_pick_rate"], None,
-         sp["adapter"]["user_pick_rate"] - sp["base"]["user_pick_rate"], ""),
-        ("impersonation rate", g["impersonation"]["base_rate"], g["impersonation"]["adapter_rate"], None,
-         g["impersonation"]["delta"], f"McNemar p={_fmt(g['impersonation']['p'])}"),
-        ("natural stop rate", g["natural_stop_base"], g["natural_stop_adapter"], None,
-         _diff(g["natural_stop_adapter"], g["natural_stop_base"]), ""),
-        ("run-on rate", g["run_on_base"], g["run_on_adapter"], None, _diff(g["run_on_adapter"], g["run_on_base"]), ""),
-        ("template-marker leak rate", g["template_leak_base"], g["template_leak_adapter"], None,
-         _diff(g["template_leak_adapter"], g["template_leak_base"]), ""),
-        ("OOC rate", g["ooc_base"], g["ooc_adapter"], g["ooc_human"], _diff(g["ooc_adapter"], g["ooc_base"]), ""),
-        ("distinct-2", g["distinct2_base"], g["distinct2_adapter"], g["distinct2_human"],
-         _diff(g["distinct2_adapter"], g["distinct2_base"]), ""),
-        ("copy of earlier turns (4-gram overlap)", g["history_overlap_base"], g["history_overlap_adapter"],
-         g["history_overlap_human"], _diff(g["history_overlap_adapter"], g["history_overlap_base"]), ""),
-        ("median reply words", g["length_base"]["model_median"], g["length_adapter"]["model_median"],
-         g["length_adapter"]["human_median"], _diff(g["length_adapter"]["model_median"],
-                                                    g["length_base"]["model_median"]), ""),
     ]
+    for role, label in (("user_text", "user-turn loss (falling = impersonation warning)"),
+                        ("model_name", "speaker-name loss (model turns)"),
+                        ("model_end", "end-of-turn loss (model turns)")):
+        r = roles.get(role, {})
+        if r.get("tokens"):
+            rows.append((label, r["loss_base"], r["loss_adapter"], None, r["loss_adapter"] - r["loss_base"],
+                         "CI " + _ci(r["delta_ci_low"], r["delta_ci_high"])))
+    rows += [
+        ("speaker selection accuracy", sp["base"]["accuracy"], sp["adapter"]["accuracy"], None,
+         _diff(sp["adapter"]["accuracy"], sp["base"]["accuracy"]), f"n={sp['adapter']['n']}"),
+        ("speaker selection MRR", sp["base"]["mrr"], sp["adapter"]["mrr"], None,
+         _diff(sp["adapter"]["mrr"], sp["base"]["mrr"]), ""),
+        ("picks the user's character", sp["base"]["user_pick_rate"], sp["adapter"]["user_pick_rate"], None,
+         _diff(sp["adapter"]["user_pick_rate"], sp["base"]["user_pick_rate"]), ""),
+    ]
+    for section, tag in ((greedy, " [greedy]"), (sampled, " [sampled]")):
+        if not section:
+            continue
+        rows += [
+            _rate_row("impersonation rate (stops off)", section, "impersonation", tag=tag),
+            _rate_row("run-on rate (stops off)", section, "run_on", tag=tag),
+            _rate_row("natural stop rate (stops off)", section, "natural_stop", tag=tag),
+            _rate_row("template-marker leak rate (stops on)", section, "template_leak", tag=tag),
+            _rate_row("OOC rate (stops on)", section, "ooc", human.get("ooc"), tag=tag),
+        ]
+    if sampled or greedy:
+        section, tag = (sampled, " [sampled]") if sampled else (greedy, " [greedy]")
+        b, a = section["base"], section["adapter"]
+        rows += [
+            ("distinct-1" + tag, b["distinct1"], a["distinct1"], human.get("distinct1"),
+             _diff(a["distinct1"], b["distinct1"]), ""),
+            ("distinct-2" + tag, b["distinct2"], a["distinct2"], human.get("distinct2"),
+             _diff(a["distinct2"], b["distinct2"]), ""),
+            ("repeated 4-grams within a reply" + tag, b["repeated_4grams"], a["repeated_4grams"],
+             human.get("repeated_4grams"), _diff(a["repeated_4grams"], b["repeated_4grams"]), ""),
+            ("copy of earlier turns (4-gram overlap)" + tag, b["history_overlap"], a["history_overlap"],
+             human.get("history_overlap"), _diff(a["history_overlap"], b["history_overlap"]), ""),
+            ("median reply words" + tag, b["length"]["model_median"], a["length"]["model_median"],
+             a["length"]["human_median"], _diff(a["length"]["model_median"], b["length"]["model_median"]),
+             f"KS vs human: base {_fmt(b['length_ks_vs_human'])}, adapter {_fmt(a['length_ks_vs_human'])}"),
+        ]
     return [(m, _fmt(b), _fmt(a), _fmt(h), _fmt(d), extra) for m, b, a, h, d, extra in rows]
-
-
-def _diff(a: float, b: float) -> float:
-    return a - b if not (math.isnan(a) or math.isnan(b)) else float("nan")
 
 
 HEADERS = ["metric", "base", "adapter", "human", "adapter − base", "uncertainty"]
 NOTES = (
-    "Loss: summed negative log-likelihood of the model-turn tokens (the training labels) over their count, on "
-    "the whole eval split; the base arm is the same model with the adapter disabled. The CI is a 95% paired "
-    "bootstrap over held-out threads of the per-thread loss difference. Speaker selection scores every roster "
-    "name as the next speaker at gold model turns. Generations are greedy with stop strings off (so run-ons and "
-    "impersonation are visible); rates compare the two arms on the same contexts (McNemar exact test)."
+    "Losses: summed negative log-likelihood over the scored tokens divided by their count (token-weighted), on "
+    "the whole eval split, from one forward pass per row and arm; the base arm is the same model with the "
+    "adapter disabled. Model-turn loss scores the training labels; the role losses score every token by the role "
+    "of the predicted token (derived from the rendered sample's spans and the tokenizer's offsets). CIs are 95% "
+    "paired bootstrap intervals over held-out threads of the per-thread difference. Generations: greedy and K "
+    "seeded samples per context with the model cards' sampling settings, the same seeds in both arms, generated "
+    "with stop strings off (run-ons and impersonation stay visible); 'stops on' is what a front-end shows with the "
+    "format's stop strings, its terminator and EOS as stops, derived exactly by cutting the stops-off continuation "
+    "before the first stop string (generation is causal, and each draw depends only on the tokens before it). "
+    "Rates compare the arms on the same (context, draw) pairs with McNemar's exact test; draws of one context are "
+    "not independent, so read p-values of sampled rates as indicative. distinct-n is corpus-level and depends on "
+    "the amount of text: compare arms within a decoding."
 )
+ROLE_LABELS = {"model_text": "model turns: text", "model_name": "model turns: speaker name",
+               "model_end": "model turns: end of turn", "user_text": "user turns: text",
+               "user_name": "user turns: speaker name", "user_end": "user turns: end of turn"}
+RATE_LABELS = {
+    "impersonation": "impersonation: writes a turn for the user's character (stops off)",
+    "other_character": "starts another character's turn (stops off)",
+    "run_on": "run-on past the end of turn (stops off)",
+    "natural_stop": "natural stop before the token cap (stops off)",
+    "truncated": "truncated at the token cap (stops off)",
+    "impersonation_shown": "impersonation inside the shown reply (stops on)",
+    "other_character_shown": "another character inside the shown reply (stops on)",
+    "truncated_shown": "no stop before the token cap (stops on)",
+    "template_leak": "template-marker leak (stops on)",
+    "ooc": "OOC remark (stops on)",
+}
 
 
-def markdown_report(s: dict, cases: list[dict]) -> str:
+def role_rows(s: dict) -> list[tuple]:
+    out = []
+    for role, r in s.get("role_losses", {}).items():
+        if not r.get("tokens"):
+            out.append((ROLE_LABELS.get(role, role), 0, "–", "–", "–", "–", "–", "–"))
+            continue
+        out.append((ROLE_LABELS.get(role, role), r["tokens"], _fmt(r["loss_base"]), _fmt(r["loss_adapter"]),
+                    _fmt(r["perplexity_base"]), _fmt(r["perplexity_adapter"]),
+                    _fmt(r["loss_adapter"] - r["loss_base"]), _ci(r["delta_ci_low"], r["delta_ci_high"])))
+    return out
+
+
+ROLE_HEADERS = ["tokens", "n", "loss base", "loss adapter", "ppl base", "ppl adapter", "Δ loss", "95% CI (threads)"]
+
+
+def rate_rows(section: dict) -> list[tuple]:
+    return [(RATE_LABELS.get(k, k), _fmt(r["base_rate"]), _fmt(r["adapter_rate"]), _fmt(r["delta"]), r["b"], r["c"],
+             _fmt(r["p"])) for k, r in section.get("rates", {}).items()]
+
+
+RATE_HEADERS = ["outcome", "base", "adapter", "adapter − base", "b (base only)", "c (adapter only)", "McNemar p"]
+
+
+def text_rows(g: dict) -> list[tuple]:
+    out = []
+    h = g.get("human", {})
+    keys = (("distinct1", "distinct-1"), ("distinct2", "distinct-2"), ("repeated_2grams", "repeated 2-grams"),
+            ("repeated_4grams", "repeated 4-grams"), ("history_overlap", "copy of earlier turns"), ("ooc", "OOC rate"))
+    for key, label in keys:
+        row = [label, _fmt(h.get(key))]
+        for decoding in ("greedy", "sampled"):
+            for arm in ("base", "adapter"):
+                row.append(_fmt(g.get(decoding, {}).get(arm, {}).get(key)))
+        out.append(tuple(row))
+    row = ["median words (IQR)", f"{_fmt(_median(h.get('lengths', [])))}"]
+    for decoding in ("greedy", "sampled"):
+        for arm in ("base", "adapter"):
+            length = g.get(decoding, {}).get(arm, {}).get("length")
+            row.append(f"{_fmt(length['model_median'])} ({_fmt(length['model_iqr'])})" if length else "–")
+    out.append(tuple(row))
+    return out
+
+
+TEXT_HEADERS = ["metric", "human", "base greedy", "adapter greedy", "base sampled", "adapter sampled"]
+
+
+def _median(values: list) -> float:
+    if not values:
+        return NAN
+    v = sorted(values)
+    n = len(v)
+    return float(v[n // 2]) if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+# --- failures inside a continuation --------------------------------------------------------------------
+
+FAILURE_LABELS = {"imp": "IMPERSONATION", "leak": "LEAK", "ooc": "OOC", "cut": "STOP"}
+
+
+def failure_spans(c: dict) -> list[tuple[int, int, str]]:
+    """Character spans of a scored continuation to highlight: `cut` (what stops on would hide), `imp` (from the
+    impersonating header to the end of its line), `leak` (template markers in the shown reply), `ooc`."""
+    text, reply = c["continuation"], c["reply"]
+    spans = []
+    if len(text) > len(reply):
+        spans.append((len(reply), len(text), "cut"))
+    offset = c.get("impersonation_offset")
+    if offset is not None:
+        end = text.find("\n", offset + 1)
+        spans.append((offset, end if end > 0 else len(text), "imp"))
+    for marker in TEMPLATE_MARKERS:
+        start = reply.find(marker)
+        while start >= 0:
+            spans.append((start, start + len(marker), "leak"))
+            start = reply.find(marker, start + 1)
+    for remark in split_ooc(reply).remarks:
+        start = reply.find(remark)
+        if start >= 0:
+            spans.append((start, start + len(remark), "ooc"))
+    return sorted(spans)
+
+
+def badges(c: dict) -> list[str]:
+    out = []
+    if c.get("impersonation"):
+        out.append("impersonation")
+    if c.get("other_character"):
+        out.append("other character")
+    if c.get("run_on"):
+        out.append("run-on")
+    if c.get("truncated"):
+        out.append("truncated")
+    if c.get("template_leak"):
+        out.append("leak")
+    if c.get("ooc"):
+        out.append("OOC")
+    return out
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def markdown_continuation(c: dict, limit: int = 700) -> str:
+    """The continuation as one Markdown-safe line with the failure markers inserted."""
+    text = c["continuation"]
+    inserts: dict[int, list[str]] = {}
+    for start, _, kind in failure_spans(c):
+        inserts.setdefault(start, []).append(f"⟦{FAILURE_LABELS[kind]}⟧")
+    out, last = [], 0
+    for pos in sorted(inserts):
+        out.append(text[last:pos])
+        out.append("**" + "".join(inserts[pos]) + "**")
+        last = pos
+    out.append(text[last:])
+    flat = "".join(out).replace("\n", " ⏎ ").replace("|", "\\|").replace("<", "&lt;")
+    return _clip(flat, limit)
+
+
+def html_continuation(c: dict) -> str:
+    """The continuation as HTML with the failure spans highlighted (outer spans win where they overlap)."""
+    text = c["continuation"]
+    spans, pos = [], 0
+    for start, end, kind in failure_spans(c):
+        if kind == "cut":
+            continue
+        if start >= pos:
+            spans.append((start, end, kind))
+            pos = end
+    reply_end = len(c["reply"])
+    out, last = [], 0
+    for start, end, kind in spans + [(reply_end, reply_end, "cutmark")]:
+        if start < last:
+            continue
+        out.append(html.escape(text[last:start]))
+        if kind == "cutmark":
+            out.append('<span class="cutmark" title="stop string: a front-end stops here">⟦STOP⟧</span>')
+        else:
+            out.append(f'<mark class="{kind}" title="{FAILURE_LABELS[kind]}">{html.escape(text[start:end])}</mark>')
+        last = end
+    out.append(html.escape(text[last:]))
+    body = "".join(out)
+    marker = '<span class="cutmark"'
+    if marker in body and reply_end < len(text):
+        head, tail = body.split(marker, 1)
+        close = tail.index("</span>") + len("</span>")
+        body = head + marker + tail[:close] + '<span class="hidden">' + tail[close:] + "</span>"
+    return body
+
+
+# --- Markdown --------------------------------------------------------------------------------------------
+
+def _md_image(png: bytes | None, alt: str) -> str:
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})" if png else ""
+
+
+PLOT_TITLES = (("loss_curve", "training and eval loss"), ("thread_deltas", "per-thread loss difference"),
+               ("thread_losses", "per-thread loss, base vs adapter"), ("role_losses", "loss by token role"),
+               ("lengths", "reply length distribution"))
+
+
+def _settings_line(g: dict) -> str:
+    st = g.get("settings", {})
+    return (f"{g.get('n', 0)} held-out contexts; greedy + {g.get('samples_per_context', 0)} samples per context and arm "
+            f"(temperature {st.get('temperature')}, min_p {st.get('min_p')}, seed {st.get('seed')}), "
+            f"{st.get('max_new_tokens')} new tokens, contexts ≤ {st.get('max_prompt_tokens')} tokens; stop markers "
+            + ", ".join(f"`{m!r}`" for m in st.get("stop_markers", [])))
+
+
+def caveats(g: dict) -> list[str]:
+    """Warnings that change how the generation numbers read (computed, not boilerplate)."""
+    out = []
+    st = g.get("settings", {})
+    for decoding in ("greedy", "sampled"):
+        r = g.get(decoding, {}).get("rates", {}).get("truncated")
+        if r and max(r["base_rate"], r["adapter_rate"]) > 0.5:
+            human = _median(g.get("human", {}).get("lengths", []))
+            out.append(f"Most {decoding} continuations hit the cap of {st.get('max_new_tokens')} new tokens (truncated: "
+                       f"base {_fmt(r['base_rate'])}, adapter {_fmt(r['adapter_rate'])}; the human replies' median is "
+                       f"{_fmt(human)} words): natural-stop, run-on and impersonation rates are lower bounds and the "
+                       "length comparison mostly reflects the cap; raise max_new_tokens (auto: 512 with CUDA).")
+            break
+    return out
+
+
+def markdown_report(s: dict, cases: list[dict], plots: dict[str, bytes | None] | None = None) -> str:
+    g = s["generation"]
     lines = [
         "# Eval report",
         "",
         f"- base model: `{s['base_model_path']}` (data version `{s['base_model_version']}`)",
         f"- adapter: `{s['adapter_path']}` (data version `{s['adapter_version']}`)",
         f"- eval split: {s['eval_rows']} rows from {s['eval_threads']} held-out threads, "
-        f"{s['eval_trained_tokens']} model-turn tokens; format `{s['format']}`; precision {s['precision']}",
+        f"{s['eval_trained_tokens']} model-turn tokens; format `{s['format']}`; precision {s['precision']}"
+        + (f"; device {s['device']}" if s.get("device") else ""),
+        f"- generations: {_settings_line(g)}",
         "",
         "## Headline",
         "",
@@ -88,67 +340,123 @@ def markdown_report(s: dict, cases: list[dict]) -> str:
         "",
         NOTES,
         "",
+        *[f"**Caveat**: {c}\n" for c in caveats(g)],
+        "## Teacher-forced loss by token role",
+        "",
+        md_table(role_rows(s), ROLE_HEADERS) if s.get("role_losses") else "(not computed)",
+        "",
+        f"Rows with token roles: {s.get('role_mask_rows', '–')} (re-rendering mismatches: "
+        f"{s.get('role_mask_mismatches', '–')}).",
+        "",
         "## Speaker-selection baselines",
         "",
         md_table([(name, _fmt(v["accuracy"]), _fmt(v["mrr"])) for name, v in s["speaker_selection"]["baselines"].items()],
                  ["baseline", "accuracy", "MRR"]),
         "",
-        "## Generations (greedy, stop strings off)",
     ]
+    for decoding in ("greedy", "sampled"):
+        if decoding in g:
+            lines += [f"## Generation outcomes: {decoding} (n = {g[decoding]['n']} per arm)", "",
+                      md_table(rate_rows(g[decoding]), RATE_HEADERS), ""]
+    lines += ["## Text of the shown replies (stops on) vs the human replies", "",
+              md_table(text_rows(g), TEXT_HEADERS), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        for key, title in PLOT_TITLES:
+            if plots.get(key):
+                lines += [f"**{title}**", "", _md_image(plots[key], title), ""]
+    lines += ["## Generations (side by side, worst first)", "",
+              "Each continuation was generated with stop strings off. Markers: ⟦IMPERSONATION⟧ where a turn for the "
+              "user's character starts, ⟦LEAK⟧ a template marker, ⟦OOC⟧ an out-of-character remark, ⟦STOP⟧ where a "
+              "front-end with stop strings would cut (the rest is the run-on it hides)."]
     for i, case in enumerate(cases, 1):
-        flags = lambda arm: ", ".join(f for f, on in (("impersonates", case[f"{arm}_impersonates"]),
-                                                      (case[f"{arm}_stop"], True)) if on)
         lines += [
             "",
-            f"### {i}. `{case['thread_key']}`: {case['speaker']} replies (user plays {case['user_character']})",
+            f"### {i}. `{case['thread_key']}` turn {case.get('turn', '?')}: {case['speaker']} replies "
+            f"(user plays {case['user_character']})",
             "",
-            f"**Context (end)**: {clip(case['context_tail'], 400)}",
+            f"**Context (end)**: {_clip(case['context_tail'][-400:], 400)}".replace("\n", " ⏎ ").replace("<", "&lt;"),
             "",
-            f"**Human**: {clip(case['human'], 400)}",
-            "",
-            f"**Base** ({flags('base')}): {clip(case['base'], 400)}",
-            "",
-            f"**Adapter** ({flags('adapter')}): {clip(case['adapter'], 400)}",
+            f"**Human**: {_clip(case['human'], 500)}".replace("\n", " ⏎ ").replace("<", "&lt;"),
         ]
+        for d, label in ((0, "greedy"), (1, "sample 1")):
+            for arm in ("base", "adapter"):
+                if len(case[arm]) <= d:
+                    continue
+                c = case[arm][d]
+                flags = badges(c)
+                flag_text = " ".join(f"🚩 {f}" for f in flags) if flags else "ok"
+                lines += ["", f"**{arm.capitalize()}, {label}** ({c['stop']}; {flag_text}): {markdown_continuation(c)}"]
     return "\n".join(lines) + "\n"
 
+
+# --- HTML ------------------------------------------------------------------------------------------------
 
 def _img(png: bytes | None, alt: str) -> str:
     if not png:
         return ""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">' \
+           f"<figcaption>{html.escape(alt)}</figcaption></figure>"
 
 
 def _table(rows, headers) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _html_cell(c: dict | None) -> str:
+    if c is None:
+        return "<td></td>"
+    flags = badges(c)
+    badge = "".join(f'<span class="badge">{html.escape(f)}</span>' for f in flags)
+    return (f'<td class="{"bad" if flags else ""}"><div class="gen">{html_continuation(c)}</div>'
+            f"<small>{html.escape(c['stop'])}, {c['n_tokens']} tokens</small> {badge}</td>")
+
+
 def html_report(s: dict, cases: list[dict], plots: dict[str, bytes | None]) -> str:
     """One file, no external resources: plots are embedded as data URIs."""
+    g = s["generation"]
     samples = []
     for case in cases:
-        def cell(arm):
-            bad = case[f"{arm}_impersonates"] or case[f"{arm}_stop"] != "natural_stop"
-            return f'<td class="{"bad" if bad else ""}">{html.escape(case[arm])}<br><small>{case[f"{arm}_stop"]}' \
-                   f'{", impersonates" if case[f"{arm}_impersonates"] else ""}</small></td>'
-        samples.append(f"<tr><td>{html.escape(case['thread_key'])}<br><small>{html.escape(case['speaker'])} "
-                       f"replies; user plays {html.escape(case['user_character'])}</small><br>"
-                       f"<small>…{html.escape(case['context_tail'][-300:])}</small></td>"
-                       f"<td>{html.escape(case['human'])}</td>{cell('base')}{cell('adapter')}</tr>")
+        head = (f"<td rowspan=2>{html.escape(case['thread_key'])} · turn {case.get('turn', '?')}<br><small>"
+                f"{html.escape(case['speaker'])} replies; user plays {html.escape(case['user_character'])}</small>"
+                f"<div class=ctx>…{html.escape(case['context_tail'][-300:])}</div></td>"
+                f"<td rowspan=2><div class=gen>{html.escape(case['human'])}</div></td>")
+        for d, label in ((0, "greedy"), (1, "sample 1")):
+            cells = "".join(_html_cell(case[arm][d] if len(case[arm]) > d else None) for arm in ("base", "adapter"))
+            samples.append(f"<tr>{head if d == 0 else ''}<td><small>{label}</small></td>{cells}</tr>")
+    sections = "".join(
+        f"<h2>Generation outcomes: {decoding} (n = {g[decoding]['n']} per arm)</h2>"
+        f"{_table(rate_rows(g[decoding]), RATE_HEADERS)}" for decoding in ("greedy", "sampled") if decoding in g)
+    figures = "".join(_img(plots.get(key), title) for key, title in PLOT_TITLES)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Eval report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}td.bad{{background:#fde2e2}}
-small{{color:#666}}</style></head><body>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse;margin:0.5em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}td.bad{{background:#fff4f4}}
+small{{color:#666}}.gen{{white-space:pre-wrap;font-size:0.9em}}.ctx{{white-space:pre-wrap;font-size:0.8em;color:#555}}
+mark.imp{{background:#f8b4b4}}mark.leak{{background:#fcd34d}}mark.ooc{{background:#c4b5fd}}
+.hidden{{color:#999;text-decoration:line-through}}.cutmark{{color:#b91c1c;font-weight:bold}}
+.badge{{background:#b91c1c;color:#fff;border-radius:3px;padding:0 4px;margin-right:3px;font-size:0.8em}}
+figure{{display:inline-block;margin:0.5em}}</style></head><body>
 <h1>Eval report</h1>
 <p>Base model <code>{html.escape(s['base_model_path'])}</code>, adapter <code>{html.escape(s['adapter_path'])}</code>;
-{s['eval_rows']} eval rows from {s['eval_threads']} held-out threads; format <code>{s['format']}</code>;
-precision {s['precision']}.</p>
+{s['eval_rows']} eval rows from {s['eval_threads']} held-out threads; format <code>{html.escape(s['format'])}</code>;
+precision {s['precision']}.<br>Generations: {html.escape(_settings_line(g))}.</p>
 <h2>Headline</h2>{_table(headline_rows(s), HEADERS)}<p>{html.escape(NOTES)}</p>
-<h2>Curves</h2>{_img(plots.get('loss_curve'), 'training loss curve')} {_img(plots.get('thread_losses'), 'per-thread loss')}
-<h2>Side by side</h2><table><thead><tr><th>context</th><th>human</th><th>base</th><th>adapter</th></tr></thead>
+{"".join(f"<p><b>Caveat</b>: {html.escape(c)}</p>" for c in caveats(g))}
+<h2>Teacher-forced loss by token role</h2>{_table(role_rows(s), ROLE_HEADERS)}
+<h2>Speaker-selection baselines</h2>{_table([(n, _fmt(v["accuracy"]), _fmt(v["mrr"]))
+                                         for n, v in s["speaker_selection"]["baselines"].items()],
+                                        ["baseline", "accuracy", "MRR"])}
+{sections}
+<h2>Text of the shown replies (stops on) vs the human replies</h2>{_table(text_rows(g), TEXT_HEADERS)}
+<h2>Plots</h2>{figures}
+<h2>Side by side, worst first</h2>
+<p>Generated with stop strings off. <mark class="imp">impersonation</mark> <mark class="leak">template leak</mark>
+<mark class="ooc">OOC</mark>; <span class="cutmark">⟦STOP⟧</span> marks where a front-end with stop strings cuts, and
+<span class="hidden">struck-through grey text</span> is the run-on it hides.</p>
+<table><thead><tr><th>context</th><th>human</th><th></th><th>base</th><th>adapter</th></tr></thead>
 <tbody>{''.join(samples)}</tbody></table>
 </body></html>
 """
