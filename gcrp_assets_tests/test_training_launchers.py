@@ -14,7 +14,8 @@ import pytest
 
 from gcrp_assets.defs.training import trainer_command
 from gcrp_assets.defs.training_config import LoraConfig
-from gcrp_assets_tests.test_training_support import extras_for, run_trainer, synthetic_rows, write_tokenized
+from gcrp_assets_tests.test_training_support import (adapter_changes_the_model, extras_for, run_trainer, synthetic_rows,
+                                                     write_tokenized)
 
 
 def _train(tmp_path: Path, tiny_model_dir: Path, **fields) -> tuple[dict, Path, int]:
@@ -30,20 +31,6 @@ def _train(tmp_path: Path, tiny_model_dir: Path, **fields) -> tuple[dict, Path, 
     return json.loads((out / "metrics.json").read_text()), out, train_tokens
 
 
-def _adapter_changes_the_model(tiny_model_dir: Path, adapter: Path) -> bool:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
-    ids = torch.tensor([[1, 75, 39637, 77, 3980, 198]])
-    with torch.no_grad():
-        adapted = model(input_ids=ids).logits
-        with model.disable_adapter():
-            plain = model(input_ids=ids).logits
-    return (adapted - plain).abs().max().item() > 0
-
-
 def test_torchrun_trains_with_ddp_in_two_processes(tmp_path, tiny_model_dir):
     metrics, out, tokens = _train(tmp_path, tiny_model_dir, launcher="torchrun")
     assert (metrics["world_size"], metrics["zero_stage"], metrics["optimizer"], metrics["base_optimizer"]) == (
@@ -51,7 +38,7 @@ def test_torchrun_trains_with_ddp_in_two_processes(tmp_path, tiny_model_dir):
     assert (metrics["gradient_accumulation_steps"], metrics["samples_per_step"], metrics["steps"]) == (2, 8, 2)
     # 2 steps x 8 samples = the 8 training rows twice, half on each rank: the count is summed over ranks.
     assert metrics["train_tokens"] == 2 * tokens
-    assert _adapter_changes_the_model(tiny_model_dir, out)
+    assert adapter_changes_the_model(tiny_model_dir, out)
 
 
 @pytest.mark.usefixtures("torch_extensions_dir")
@@ -67,7 +54,7 @@ def test_deepspeed_zero3_shards_parameters_and_gathers_the_adapter_on_save(tmp_p
 
     tensors = load_file(out / "adapter_model.safetensors")
     assert tensors and all(t.numel() > 0 for t in tensors.values())
-    assert _adapter_changes_the_model(tiny_model_dir, out)
+    assert adapter_changes_the_model(tiny_model_dir, out)
 
 
 @pytest.mark.usefixtures("torch_extensions_dir")
@@ -79,7 +66,7 @@ def test_deepspeed_zero2_with_the_optimizer_offloaded_to_the_cpu(tmp_path, tiny_
     assert metrics["train_tokens"] == 2 * tokens
     resolved = json.loads((out / "training_config.json").read_text())
     assert resolved["deepspeed"]["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    assert _adapter_changes_the_model(tiny_model_dir, out)
+    assert adapter_changes_the_model(tiny_model_dir, out)
 
 
 def test_two_nodes_under_torchrun_rendezvous_and_train_as_one_job(tmp_path, tiny_model_dir):

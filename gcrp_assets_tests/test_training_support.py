@@ -82,3 +82,18 @@ def extras_for(data_dir: Path, model_dir: Path, out: Path, hp: dict, fmt: str = 
 
 def python() -> str:
     return sys.executable
+
+
+def adapter_changes_the_model(model_dir: Path, adapter: Path) -> bool:
+    """Whether the trained adapter changes the base model's logits on a short input (LoRA B starts at 0)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter)
+    ids = torch.tensor([[1, 75, 39637, 77, 3980, 198]])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        with model.disable_adapter():
+            plain = model(input_ids=ids).logits
+    return (adapted - plain).abs().max().item() > 0
