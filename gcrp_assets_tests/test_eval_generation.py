@@ -16,20 +16,9 @@ from gcrp_assets.lib.evaluation import (
     stops_on,
 )
 from gcrp_assets.lib.formats import generation_prompt, get_format
+from gcrp_assets_tests.factories import SAMPLE
 
 torch = pytest.importorskip("torch")
-
-SAMPLE = {
-    "sample_id": "s1", "thread_key": "d/t1", "user_character": "Steve",
-    "system": "You are involved in a roleplay with Steve.",
-    "turns": [
-        {"role": "user", "name": "Steve", "text": "Steve opened the door. \"Evening.\""},
-        {"role": "model", "name": "Altair \"Arty\" Enzo", "text": "*Arty nodded.* \"You're late.\""},
-        {"role": "model", "name": "Sukuna Gojo", "text": "Sukuna shrugged.\n\nHe said nothing."},
-        {"role": "user", "name": "Steve", "text": "Steve laughed."},
-        {"role": "model", "name": "Altair \"Arty\" Enzo", "text": "Arty poured two drinks."},
-    ],
-}
 
 
 @pytest.fixture(scope="module")

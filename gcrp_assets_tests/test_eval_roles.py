@@ -20,18 +20,7 @@ from gcrp_assets.lib.evaluation import (
 )
 from gcrp_assets.lib.formats import get_format, render
 from gcrp_assets.lib.tokenization import IGNORE, encode_rendered, labels_for
-
-SAMPLE = {
-    "sample_id": "s1", "thread_key": "d/t1", "user_character": "Steve",
-    "system": "You are involved in a roleplay with Steve.",
-    "turns": [
-        {"role": "user", "name": "Steve", "text": "Steve opened the door. \"Evening.\""},
-        {"role": "model", "name": "Altair \"Arty\" Enzo", "text": "*Arty nodded.* \"You're late.\""},
-        {"role": "model", "name": "Sukuna Gojo", "text": "Sukuna shrugged.\n\nHe said nothing."},
-        {"role": "user", "name": "Steve", "text": "Steve laughed."},
-        {"role": "model", "name": "Altair \"Arty\" Enzo", "text": "Arty poured two drinks."},
-    ],
-}
+from gcrp_assets_tests.factories import SAMPLE
 
 
 def _roles(fmt_name, tokenizer, sample=SAMPLE):
