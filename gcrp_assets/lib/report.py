@@ -219,21 +219,13 @@ def failure_spans(c: dict) -> list[tuple[int, int, str]]:
     return sorted(spans)
 
 
+_BADGES = (("impersonation", "impersonation"), ("other_character", "other character"), ("run_on", "run-on"),
+           ("truncated", "truncated"), ("template_leak", "leak"), ("ooc", "OOC"))
+
+
 def badges(c: dict) -> list[str]:
-    out = []
-    if c.get("impersonation"):
-        out.append("impersonation")
-    if c.get("other_character"):
-        out.append("other character")
-    if c.get("run_on"):
-        out.append("run-on")
-    if c.get("truncated"):
-        out.append("truncated")
-    if c.get("template_leak"):
-        out.append("leak")
-    if c.get("ooc"):
-        out.append("OOC")
-    return out
+    """The failure labels shown beside one continuation, in a fixed order."""
+    return [label for key, label in _BADGES if c.get(key)]
 
 
 def _clip(text: str, n: int) -> str:
