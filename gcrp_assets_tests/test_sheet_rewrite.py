@@ -141,3 +141,39 @@ def test_prompt_config_settings_reach_the_rewriter(tmp_path, tiny_model_dir):
     with pytest.raises(Exception, match="not a Hugging Face model directory"):
         sheet_rewriter(None, PromptConfig(sheet_rewrite=True, sheet_rewrite_model=str(tmp_path)),
                        ArtifactStore(root=str(tmp_path)))
+
+
+def test_augmented_prompts_with_the_rewrite_on_generates_once_then_reads_the_cache(tmp_path, tiny_model_dir):
+    """The asset as a user runs it: a dump whose first character has a prose sheet in every thread; with the
+    rewrite on, each such sheet goes to the model once; a run with another prompt setting (a new fingerprint,
+    the same sheets) takes every rewrite from the cache."""
+    import dagster as dg
+
+    from gcrp_assets.defs.artifacts import latest_materialization
+    from gcrp_assets.defs.configs import PromptConfig
+    from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource, DumpInbox
+    from gcrp_assets.definitions import build_defs
+    from gcrp_assets_tests.factories import thread, write_jsonl
+
+    records = [thread(f"t{i}", 2, 6) for i in range(3)]
+    for index, record in enumerate(records):
+        record["characters"][0]["sheet"] = PROSE.replace("twelve", f"{12 + index}")
+    write_jsonl(tmp_path / "inbox" / "d.jsonl", records)
+    resources = {"inbox": DumpInbox(path=str(tmp_path / "inbox")), "store": ArtifactStore(root=str(tmp_path / "art")),
+                 "base": BaseModelSource(hf_model_dir=str(tiny_model_dir)), "pipes": dg.PipesSubprocessClient()}
+    settings = {"sheet_rewrite": True, "sheet_rewrite_model": str(tiny_model_dir), "sheet_rewrite_max_new_tokens": 8}
+    (tmp_path / "home").mkdir()
+    runs = []
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        instance.add_dynamic_partitions("dumps", ["d.jsonl"])
+        job = build_defs(resources).resolve_job_def("dump_stages")
+        for config in (PromptConfig(**settings), PromptConfig(names="placeholder", **settings)):
+            assert job.execute_in_process(instance=instance, partition_key="d.jsonl",
+                                          run_config=dg.RunConfig(ops={"augmented_prompts": config})).success
+            event = latest_materialization(instance, "augmented_prompts", "d.jsonl")
+            runs.append({k: v.value for k, v in event.metadata.items()})
+    first, second = runs
+    assert first["dagster/row_count"] == 3 and first["sheets_rewrite_attempts"] == 3
+    assert (first["sheet_rewrite_generated"], first["sheet_rewrite_cache_hits"]) == (3, 0)
+    assert (second["sheet_rewrite_generated"], second["sheet_rewrite_cache_hits"]) == (0, 3)
+    assert first["fingerprint"] != second["fingerprint"] and second["samples_with_handle_leaks"] == 0
