@@ -139,6 +139,9 @@ def test_adapter_loads_changes_logits_and_lowers_held_out_loss(chain, tiny_model
     # The paired bootstrap CI over threads brackets the mean per-thread difference, which is negative here.
     assert summary["loss_delta_ci_low"] <= summary["loss_delta_mean_per_thread"] <= summary["loss_delta_ci_high"] < 0
     assert len(summary["per_thread_loss"]) == summary["eval_threads"] >= 4
+    user = summary["role_losses"]["user_text"]   # the impersonation warning, per thread as well
+    assert user["tokens"] > 0 and len(user["per_thread"]) == user["threads"] >= 4
+    assert user["delta_ci_low"] <= user["delta_mean_per_thread"] <= user["delta_ci_high"]
     speakers = summary["speaker_selection"]
     assert speakers["adapter"]["n"] == speakers["base"]["n"] > 0
     assert set(speakers["baselines"]) == {"most_recent_other", "round_robin", "most_frequent"}

@@ -103,7 +103,9 @@ def _loss_section(model, tokenizer, rows: list[dict], samples: list[dict], fmt, 
                        "perplexity_base": tb.perplexity, "perplexity_adapter": ta.perplexity,
                        "bits_per_byte_base": em.bits_per_byte(tb.nll, nbytes),
                        "bits_per_byte_adapter": em.bits_per_byte(ta.nll, nbytes),
-                       "delta_mean_per_thread": p["mean"], "delta_ci_low": p["low"], "delta_ci_high": p["high"]}
+                       "delta_mean_per_thread": p["mean"], "delta_ci_low": p["low"], "delta_ci_high": p["high"],
+                       "per_thread": {k: {"base": p["per_thread"]["base"][k], "adapter": p["per_thread"]["adapter"][k]}
+                                      for k in p["keys"]}}
     return {
         "model_turn_loss_base": base.loss, "model_turn_loss_adapter": adapter.loss,
         "perplexity_base": base.perplexity, "perplexity_adapter": adapter.perplexity,
