@@ -4,6 +4,8 @@ Environment (read when the code location loads):
   GCRP_INBOX       folder of dumps (default: the sample corpus shipped in the package)
   GCRP_ARTIFACTS   artifact root (default: ./artifacts)
   GCRP_BASE_MODEL  local Hugging Face model directory (default: the embedded SmolLM2-135M-Instruct)
+  GCRP_BASE_MODEL_NAME  the base model's name in model cards, e.g. a Hub id (default: the embedded model's
+                   Hub id, or the directory's name)
 """
 
 import os
@@ -32,7 +34,8 @@ def default_resources() -> dict:
     return {
         "inbox": DumpInbox(path=os.environ.get("GCRP_INBOX") or str(packaged_inbox())),
         "store": ArtifactStore(root=str(Path(os.environ.get("GCRP_ARTIFACTS", "artifacts")).resolve())),
-        "base": BaseModelSource(hf_model_dir=os.environ.get("GCRP_BASE_MODEL", "")),
+        "base": BaseModelSource(hf_model_dir=os.environ.get("GCRP_BASE_MODEL", ""),
+                                model_name=os.environ.get("GCRP_BASE_MODEL_NAME", "")),
         "pipes": dg.PipesSubprocessClient(),
     }
 

@@ -148,6 +148,9 @@ def test_adapter_loads_changes_logits_and_lowers_held_out_loss(chain, tiny_model
     card = open(report["model_card"]).read()
     assert card.startswith("---\nlibrary_name: peft") and "[INST]system" in card and "## Known issues (measured)" in card
     assert f"{summary['model_turn_loss_adapter']:.4g}" in card and "moonlit_guild.jsonl" in card
+    # A card to publish: the base model by name, no path of this machine, only the settings that shaped it.
+    assert f"\nbase_model: {Path(tiny_model_dir).name}\n" in card and str(tiny_model_dir) not in card
+    assert "| learning_rate " in card and "master_port" not in card and "load_in_4bit" not in card
     instruct = json.loads((Path(folder) / "sillytavern-instruct.json").read_text())
     assert instruct["input_sequence"].strip().startswith("[INST]user") and "[INST]" in instruct["stop_sequence"]
     assert json.loads((Path(folder) / "sillytavern-context.json").read_text())["story_string"]

@@ -134,3 +134,19 @@ def test_caveat_when_most_continuations_hit_the_cap():
     assert "cap of 40 new tokens" in warning and "lower bounds" in warning
     summary["generation"].update(g)
     assert "**Caveat**" in markdown_report(summary, records) and "cap of 40" in "\n".join(known_issues(summary))
+
+
+def test_card_lists_the_settings_that_shaped_the_adapter_and_names_the_base_model():
+    from gcrp_assets.defs.resources import EMBEDDED_MODEL_NAME, BaseModelSource
+    from gcrp_assets.lib.model_card import card_hyperparameters
+    from gcrp_assets.lib.recipes import DEFAULTS, get_recipe
+
+    smoke = dict(card_hyperparameters({**DEFAULTS, "recipe": "smoke"}))
+    assert smoke["rank"] == "16" and smoke["target_modules"] == "q_proj, k_proj, v_proj, o_proj"
+    assert not {"launcher", "master_port", "logging_steps", "load_in_4bit", "zero_stage", "wsd_stable_epochs"} & set(smoke)
+    herrsimian = dict(card_hyperparameters({**DEFAULTS, **get_recipe("herrsimian-8b").values}))
+    assert (herrsimian["load_in_4bit"], herrsimian["bnb_4bit_quant_type"], herrsimian["dropout"]) == ("True", "nf4", "0.55")
+    assert "wsd_stable_epochs" in herrsimian and "load_in_8bit" not in herrsimian
+    assert BaseModelSource().display_name() == EMBEDDED_MODEL_NAME
+    assert BaseModelSource(hf_model_dir="/models/my-nemo-12b").display_name() == "my-nemo-12b"
+    assert BaseModelSource(hf_model_dir="/m/x", model_name="org/Model").display_name() == "org/Model"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from gcrp_assets.defs.artifacts import build_or_reuse, code_version, read_manifest, upstream
+from gcrp_assets.defs.artifacts import build_or_reuse, code_version, latest_materialization, read_manifest, upstream
 from gcrp_assets.defs.automation import follow_new_checkpoint
 from gcrp_assets.defs.configs import EvalConfig
 from gcrp_assets.defs.resources import ArtifactStore
@@ -306,8 +306,10 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, store: Ar
     adapter = upstream(context, "lora_checkpoint")
     data = upstream(context, "tokenized_parquet")
     base = upstream(context, "base_model")
+    base_event = latest_materialization(context.instance, "base_model")
+    base_name = str(base_event.metadata["model_name"].value) if "model_name" in base_event.metadata else base.path.name
     inputs = {"code": EVAL_CODE, "config": config.model_dump(), "lora_checkpoint": adapter.data_version,
-              "tokenized_parquet": data.data_version, "base_model": base.data_version}
+              "tokenized_parquet": data.data_version, "base_model": base.data_version, "base_model_name": base_name}
     dumps = sorted((read_manifest(data.path) or {}).get("inputs", {}).get("augmented_prompts", {}))
     sample_sources = [upstream(context, "augmented_prompts", dump) for dump in dumps]
 
@@ -389,7 +391,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, store: Ar
         all_samples = [s for up in sample_sources for s in read_rows(up.path / "samples.parquet")]
         card = model_card(fmt=fmt, bos_token=tokenizer.bos_token, example=samples[0], stats=dataset_statistics(all_samples),
                           training=training, summary=summary,
-                          lineage={"base_model_path": str(base.path), "base_model_version": base.data_version,
+                          lineage={"base_model_name": base_name, "base_model_version": base.data_version,
                                    "tokenized_version": data.data_version, "presets": True})
         (folder / "model_card.md").write_text(card, "utf-8")
         (adapter.path / "README.md").write_text(card, "utf-8")  # the card travels with the adapter

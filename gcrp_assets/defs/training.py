@@ -44,7 +44,8 @@ def base_model(context: dg.AssetExecutionContext, base: BaseModelSource, store: 
     if base.hf_model_dir:
         folder = check_hf_model_dir(Path(base.hf_model_dir).expanduser().resolve())
         version = short(sha256_tree(folder, ("*.json", "*.safetensors", "*.bin", "*.model", "*.jinja", "*.txt")), 24)
-        return Built(folder, version, version, False, {"source": "local directory", **_model_summary(folder)}).result()
+        return Built(folder, version, version, False, {"source": "local directory", **_model_summary(folder)}).result(
+            model_name=base.display_name())
 
     gguf = packaged_gguf(base.gguf_package, base.gguf_file)
     inputs = {"code": BASE_MODEL_CODE, "gguf": base.gguf_file, "gguf_sha256": sha256_file(gguf)}
@@ -56,7 +57,7 @@ def base_model(context: dg.AssetExecutionContext, base: BaseModelSource, store: 
 
     built = build_or_reuse(context, lambda fp: store.dir_for("base_model", fp), inputs, build,
                            content_globs=("*.json", "*.safetensors", "*.jinja"))
-    return built.result()
+    return built.result(model_name=base.display_name())  # a name for model cards; not part of the weights' identity
 
 
 def trainer_command(config: "LoraConfig | dict") -> list[str]:

@@ -14,6 +14,37 @@ from gcrp_assets.lib.formats import ChatFormat, render
 from gcrp_assets.lib.report import caveats
 from gcrp_assets.lib.tables import md_table
 
+# The hyperparameters a card lists, in this order (run settings such as launcher, ports and logging are left
+# out; quantization and DeepSpeed rows only when used).
+CARD_HYPERPARAMETERS = ("recipe", "rank", "alpha", "dropout", "use_rslora", "target_modules", "learning_rate",
+                        "lr_scheduler", "warmup_steps", "wsd_stable_epochs", "wsd_decay_epochs", "min_lr_ratio",
+                        "weight_decay", "optim", "num_epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
+                        "global_batch_size", "max_length", "packing", "load_in_8bit", "load_in_4bit",
+                        "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "zero_stage", "offload_optimizer",
+                        "gradient_checkpointing", "seed")
+
+
+def card_hyperparameters(hp: dict) -> list[tuple[str, str]]:
+    """The training settings worth publishing: those that shape the adapter, without unused options."""
+    skip = set()
+    if hp.get("lr_scheduler") != "warmup_stable_decay":
+        skip |= {"wsd_stable_epochs", "wsd_decay_epochs", "min_lr_ratio"}
+    if not hp.get("load_in_4bit"):
+        skip |= {"load_in_4bit", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant"}
+    if not hp.get("load_in_8bit"):
+        skip.add("load_in_8bit")
+    if not hp.get("zero_stage"):
+        skip |= {"zero_stage", "offload_optimizer"}
+    if not hp.get("global_batch_size"):
+        skip.add("global_batch_size")
+    rows = []
+    for key in CARD_HYPERPARAMETERS:
+        if key in hp and key not in skip:
+            value = hp[key]
+            rows.append((key, ", ".join(value) if isinstance(value, (list, tuple)) else str(value)))
+    return rows
+
+
 # The reference cards' advice: Party (Nemo) lower temperature with min_p ≥ 0.1; Herrsimian 1.0 with min_p 0.05.
 SAMPLING = {
     "inst": {"temperature": 0.8, "min_p": 0.1},
@@ -122,7 +153,7 @@ def model_card(*, fmt: ChatFormat, bos_token: str | None, example: dict, stats: 
     lines = [
         "---",
         "library_name: peft",
-        f"base_model: {lineage['base_model_path']}",
+        f"base_model: {lineage['base_model_name']}",
         "tags: [roleplay, group-chat, lora, gcrp_assets]",
         "---",
         "",
@@ -155,13 +186,16 @@ def model_card(*, fmt: ChatFormat, bos_token: str | None, example: dict, stats: 
         f"minimum turns per entry: {stats['min_turns']} (median {stats['median_turns']})",
         "- conversations kept as written by their human authors; the system prompt is built from the "
         "characters' sheets rewritten into one uniform template; forum handles removed",
-        f"- training set data version `{lineage['tokenized_version']}`; base model `{lineage['base_model_version']}`",
+        f"- training set data version `{lineage['tokenized_version']}`; base model {lineage['base_model_name']} "
+        f"(data version `{lineage['base_model_version']}`)",
         "",
         "## Training",
         "",
-        md_table(sorted((k, str(v)) for k, v in hp.items()), ["hyperparameter", "value"]),
+        md_table(card_hyperparameters(hp), ["hyperparameter", "value"]),
         "",
-        f"Precision {training.get('precision')}, {training.get('steps')} optimizer steps.",
+        f"Precision {training.get('precision')}, {training.get('steps')} optimizer steps"
+        + (f", quantization {training['quantization']}" if training.get("quantization", "none") != "none" else "")
+        + ".",
         "",
         "## Evaluation (held-out threads)",
         "",
