@@ -5,8 +5,8 @@ from the config when it was set (pydantic's `model_fields_set`, value not None),
 else from `DEFAULTS` (the `smoke` values, today's CPU defaults). The config's fields default to None
 rather than to these values because Dagster drops every run-config entry equal to a field's default
 before it builds the config: with concrete defaults, `dropout: 0.05` on the Launchpad would be
-indistinguishable from no `dropout` at all, and a recipe's 0.55 would win over it. The recipe records the two model cards' settings (`/work/shared/reference/
-roleplay-data.md` §1); settings a card does not state keep the project defaults and are listed in
+indistinguishable from no `dropout` at all, and a recipe's 0.55 would win over it. The recipes record the
+two model cards' settings (the project's reference notes on roleplay data, section 1); settings a card does not state keep the project defaults and are listed in
 `not_on_card`.
 
 GPU-only recipes on a machine without CUDA fail before any subprocess starts, with the reason, unless
