@@ -3,10 +3,10 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +14,7 @@ import pytest
 
 from gcrp_assets.defs.artifacts import latest_materialization
 from gcrp_assets_tests.factories import thread, write_jsonl
+from gcrp_assets_tests.processes import own_process_group, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -39,17 +40,24 @@ def run(env, *args, timeout=300):
     return done
 
 
-def materialization(env, key, partition=None):
+@contextmanager
+def instance_of(env):
+    """The instance the CLI commands of `env` wrote to (its DAGSTER_HOME), as DagsterInstance.get() sees it."""
     os.environ["DAGSTER_HOME"], previous = env["DAGSTER_HOME"], os.environ.get("DAGSTER_HOME")
     try:
         with dg.DagsterInstance.get() as instance:
-            m = latest_materialization(instance, key, partition)
-            return {k: v.value for k, v in m.metadata.items()} if m else None
+            yield instance
     finally:
         if previous is None:
             del os.environ["DAGSTER_HOME"]
         else:
             os.environ["DAGSTER_HOME"] = previous
+
+
+def materialization(env, key, partition=None):
+    with instance_of(env) as instance:
+        m = latest_materialization(instance, key, partition)
+        return {k: v.value for k, v in m.metadata.items()} if m else None
 
 
 def test_register_then_launch_one_partition_by_job_and_by_assets(env):
@@ -92,22 +100,8 @@ def test_one_stage_and_everything_downstream(env, tmp_path):
 
 def _start_daemon(env):
     """`dagster-daemon run` in its own process group with default signal handlers, so SIGINT stops it whole."""
-    def reset_signals():
-        os.setsid()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
     return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=reset_signals)
-
-
-def _stop(process):
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=own_process_group)
 
 
 @pytest.mark.parametrize("selection", [["--all"], ["--from", "a.jsonl", "--to", "b.jsonl"]], ids=["all", "range"])
@@ -116,9 +110,8 @@ def test_job_backfill_of_partitions(env, selection):
     run(env, BIN / "dagster", "job", "backfill", "-w", "workspace.yaml", "-j", "dump_stages", *selection, "--noprompt")
     # The backfill's runs are queued; the daemon (as under `make dev`) launches them.
     daemon = _start_daemon(env)
-    os.environ["DAGSTER_HOME"], previous = env["DAGSTER_HOME"], os.environ.get("DAGSTER_HOME")
     try:
-        with dg.DagsterInstance.get() as instance:
+        with instance_of(env) as instance:
             backfill_id = max(instance.get_backfills(), key=lambda b: b.backfill_timestamp).backfill_id
             deadline = time.time() + 240
             while True:
@@ -131,11 +124,7 @@ def test_job_backfill_of_partitions(env, selection):
             assert sorted(r.tags["dagster/partition"] for r in runs) == ["a.jsonl", "b.jsonl"]
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     finally:
-        _stop(daemon)
-        if previous is None:
-            del os.environ["DAGSTER_HOME"]
-        else:
-            os.environ["DAGSTER_HOME"] = previous
+        stop_process_group(daemon, timeout=30)
     # Unchanged dumps: the backfill reused every artifact and kept the data versions.
     for partition, version in before.items():
         after = materialization(env, "raw_threads", partition)

@@ -72,16 +72,14 @@ def test_deepspeed_zero2_with_the_optimizer_offloaded_to_the_cpu(tmp_path, tiny_
 def test_two_nodes_under_torchrun_rendezvous_and_train_as_one_job(tmp_path, tiny_model_dir):
     """Two "nodes" on this host: the same torchrun command twice, node_rank 0 and 1, one process each,
     meeting at master_addr:master_port over TCP, as on two machines sharing a file system."""
-    import socket
     import subprocess
 
+    from gcrp_assets_tests.processes import free_port
     from gcrp_assets_tests.test_training_support import ROOT, trainer_env
 
     rows = synthetic_rows(n_train=8, n_eval=0, lengths=(40, 120))
     data = write_tokenized(tmp_path / "tok", rows)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "adapter"
     nodes = []
     for node_rank in (0, 1):

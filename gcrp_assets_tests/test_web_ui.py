@@ -6,7 +6,6 @@ otherwise ignores SIGINT and SIGTERM) and stops the whole group at the end.
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import requests
 from dagster_graphql import DagsterGraphQLClient
 
 from gcrp_assets_tests.factories import thread, write_jsonl
+from gcrp_assets_tests.processes import free_port, own_process_group, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -41,18 +41,6 @@ query Lineage($key: AssetKeyInput!, $partition: String!) {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _own_group():
-    os.setsid()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
     base = tmp_path_factory.mktemp("ui")
@@ -65,10 +53,10 @@ def server(tmp_path_factory, tiny_model_dir):
            "GCRP_BASE_MODEL": str(tiny_model_dir)}
     subprocess.run([BIN / "python", "-m", "gcrp_assets.cli", "register"], cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=120)
-    port = _free_port()
+    port = free_port()
     log = open(base / "dagster_dev.log", "w")
     process = subprocess.Popen([BIN / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_own_group)
+                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=own_process_group)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -83,12 +71,7 @@ def server(tmp_path_factory, tiny_model_dir):
             time.sleep(1)
         yield {"url": url, "port": port, "base": base, "env": env}
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, timeout=60)
         log.close()
         with socket.socket() as s:  # the port is free again: nothing was left behind
             s.bind(("127.0.0.1", port))
