@@ -22,7 +22,8 @@ from gcrp_assets.lib.dumps import DumpReadError, dump_digest
 from gcrp_assets.lib.filters import REASONS, FilterRules
 from gcrp_assets.lib.hashing import sha256_file
 from gcrp_assets.lib.prompts import PromptOptions, load_system_template
-from gcrp_assets.lib.sheet_rewrite import LLMSheetRewriter, RewriteSettings, model_dir_hash
+from gcrp_assets.lib.base_model import model_dir_hash
+from gcrp_assets.lib.sheet_rewrite import LLMSheetRewriter, RewriteSettings
 from gcrp_assets.lib.sheets import SheetRewriter, SheetTemplate, normalize_sheet
 from gcrp_assets.lib.stages import LISTED_REJECTS, run_augmented, run_filtered, run_raw, sample_texts  # noqa: F401
 from gcrp_assets.lib.tables import md_table

