@@ -27,7 +27,8 @@ def test_lists_and_tables():
 
 
 def test_entities_mojibake_and_whitespace():
-    assert to_text("Tom &amp; Jerry donâ€™t   stop<br><br><br><br>here") == "Tom & Jerry don't stop\n\nhere"
+    # Mojibake is repaired to the character that was meant (a curly apostrophe), not straightened.
+    assert to_text("Tom &amp; Jerry donâ€™t   stop<br><br><br><br>here") == "Tom & Jerry don’t stop\n\nhere"
 
 
 def test_plain_text_is_not_parsed_as_html():
@@ -66,7 +67,8 @@ def test_bare_urls_and_markdown_links():
 
 
 def test_mojibake_entities_and_controls():
-    assert fix_encoding("donâ€™t") == "don't"
+    assert fix_encoding("donâ€™t") == "don’t"
+    assert fix_encoding("â€œhiâ€\x9d") == "“hi”"
     assert fix_encoding("caf\u00c3\u00a9") == "café"
     assert fix_encoding("a\x00b\x07c") == "abc"
     assert to_text("Tom &amp; Jerry") == "Tom & Jerry"
@@ -108,3 +110,61 @@ def test_html_soup_does_not_crash():
     soup = "<p><b>un<i>closed <div>tags</p></b> &bogus; <<>> [b][i]x[/b] <script>alert(1)</script>"
     out = to_text(soup)
     assert "alert" not in out and "tags" in out and not re.search(r"</?[a-z]+>", out)
+
+
+# --- non-English text survives cleaning (issue 11 item 10) ----------------------------------------------
+from gcrp_assets.lib.markup import strip_non_ascii_tags, strip_reasoning  # noqa: E402
+
+
+def test_legitimate_unicode_is_not_normalized():
+    for text in ("「こんにちは！」", "“curly” ‘quotes’", "Ｆｕｌｌ\u3000ｗｉｄｔｈ", "Die Straße ist groß.", "the ﬁrst ﬂoor",
+                 "ｶﾀｶﾅ", "e\u0301", "Привет, мир!", "안녕하세요."):
+        assert fix_encoding(text) == text
+        assert to_text(text) == text
+        assert to_text(f"<p>{text}</p>") == text
+    assert to_text("[b]「こんにちは！」[/b]\n“curly”") == "**「こんにちは！」**\n“curly”"
+
+
+def test_real_mojibake_is_still_repaired():
+    assert to_text("Caf\u00c3\u00a9 au lait") == "Café au lait"
+    assert to_text("â€œHello,â€\x9d she said.") == "“Hello,” she said."
+    assert to_text("<p>Ã©tÃ© &amp; hiver</p>") == "été & hiver"
+
+
+def test_cjk_spacing_and_emphasis_are_not_westernized():
+    assert normalize_whitespace("私は\u3000\u3000学生です。 \u3000 はい") == "私は\u3000学生です。 はい"
+    assert to_text("<b>粗体</b>文字") == "**粗体**文字"
+    assert to_text("<b>Привет</b>мир") == "**Привет** мир"
+
+
+def test_non_ascii_tags_are_markup_but_their_content_stays():
+    assert to_text("<回复>你好，米拉。</回复>") == "你好，米拉。"
+    assert to_text("她笑了。</结束…>") == "她笑了。"
+    assert to_text("<p>Mira nodded.<结束></p>") == "Mira nodded."
+    assert to_text("Мира<ответ id=2>сказала") == "Мира сказала"
+    assert strip_non_ascii_tags("x <回复/> y") == "x  y"
+    # Not tags: comparisons, hearts, guillemet substitutes, ASCII text.
+    for text in ("a < b > c", "I <3 Zoë", "<<цитата>> и », café < 3 >", "x < 结束 > y", "<3 ü>", "a <b> c"):
+        assert strip_non_ascii_tags(text) == text
+    assert to_text("Zoë: a < b > c, <3") == "Zoë: a < b > c, <3"
+
+
+def test_reasoning_blocks_are_removed_and_counted():
+    assert strip_reasoning("<think>plan the reply</think>Mira smiled.") == ("Mira smiled.", 1)
+    assert strip_reasoning("<THINKING>\na\n</Thinking>\n\nMira. <think>b</think> Dorn.") == ("\n\nMira.  Dorn.", 2)
+    assert strip_reasoning("<think>cut off while reasoning") == ("", 1)
+    assert strip_reasoning("Mira smiled. <think>cut off") == ("Mira smiled. ", 1)
+    assert strip_reasoning("reasoning from a prefilled prompt</think>Mira smiled.") == ("Mira smiled.", 1)
+    for text in ("I think so.", "<thinker>", "Mira thought hard.", ""):
+        assert strip_reasoning(text) == (text, 0)
+    counts = {}
+    assert to_text("<p><think>a</think>Mira</p><p>Dorn</p>", counts) == "Mira\n\nDorn"
+    assert counts == {"n_reasoning_blocks": 1}
+    # Escaped in HTML (what a forum stores when a poster pastes the tags): found after unescaping.
+    assert to_text("&lt;think&gt;x&lt;/think&gt;Mira &amp; Dorn", counts) == "Mira & Dorn"
+    assert counts == {"n_reasoning_blocks": 2}
+    assert to_text("[b]Mira[/b] <Think>plan</Think>waved.", counts) == "**Mira** waved."
+    assert counts["n_reasoning_blocks"] == 3
+    empty = {}
+    assert to_text("No reasoning here.", empty) == "No reasoning here." and empty == {"n_reasoning_blocks": 0}
+    assert to_text("<think>only reasoning</think>") == ""

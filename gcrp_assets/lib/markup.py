@@ -2,7 +2,18 @@
 
 BBCode is first rewritten into the equivalent HTML, then one HTML parser (selectolax) walks the
 tree: paragraphs and line breaks survive, bold and italics become `**…**` and `*…*`, quoted
-replies, images, scripts and link targets are dropped. `ftfy` repairs mojibake afterwards.
+replies, images, scripts and link targets are dropped. `ftfy` repairs mojibake afterwards, and only
+mojibake: legitimate Unicode is kept as written (curly quotes, CJK full-width punctuation and letters,
+ligatures, unnormalized forms), see `fix_encoding`.
+
+Two kinds of debris that are not forum markup go too:
+
+- `strip_reasoning`: LLM reasoning blocks (`<think>…</think>`, `<thinking>…</thinking>`, any case), an
+  unclosed opening tag with everything after it, an orphan closing tag with everything before it.
+  `to_text(raw, counts)` adds the number of blocks removed to `counts["n_reasoning_blocks"]`;
+- `strip_non_ascii_tags`: tag-like `<结束>`, `</回复>`, `<Ответ id=2>` (a name with a non-ASCII letter,
+  which no HTML parser reads as a tag): the tags go, the words between them stay. `a < b > c`, `<3`,
+  `<<цитата>>` stay as written.
 
 Then a few conservative text repairs, each a small function with its own golden test
 (PygmalionAI data-toolbox practice, roleplay-data.md §3):
@@ -57,6 +68,24 @@ _INVISIBLE = re.compile(r"[\u00ad\u200b\u2060\ufeff\ufffd]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
+_SERIALIZED_BREAK = re.compile(r"(<br\s*/?>|</?(?:p|div|li|ul|ol|tr|table|blockquote|h[1-6])\b[^>]*>)[ \t]*\n", re.I)
+_IDEOGRAPHIC_SPACE = "\u3000"
+
+# Repair mojibake only. ftfy's defaults also "normalize" text that is not broken: full-width CJK
+# punctuation and letters to ASCII (`！` -> `!`), curly quotes to straight ones, `ﬁ` to `fi`, and NFC
+# (which rewrites CJK compatibility ideographs). All of that is legitimate text and stays as written.
+_FTFY_CONFIG = ftfy.TextFixerConfig(unescape_html="auto", fix_latin_ligatures=False, fix_character_width=False,
+                                    uncurl_quotes=False, normalization=None, explain=False)
+
+# LLM reasoning: `<think>…</think>` / `<thinking>…</thinking>`, any case, spaces inside the brackets allowed.
+_REASONING_BLOCK = re.compile(r"<\s*(think(?:ing)?)\s*>.*?<\s*/\s*\1\s*>", re.I | re.S)
+_REASONING_OPEN = re.compile(r"<\s*think(?:ing)?\s*>", re.I)
+_REASONING_CLOSE = re.compile(r"<\s*/\s*think(?:ing)?\s*>", re.I)
+
+# A tag-like `<name …>` / `</name>` / `<name/>`: no space after `<` (unlike `a < b`), a name starting with
+# a letter (unlike `<3`), not inside `<<…>>` (guillemet substitutes). Only names with a non-ASCII letter
+# are removed (ASCII ones were already handled, or left as text, by the HTML parser).
+_TAG_LIKE = re.compile(r"(?<!<)</?([^\W\d_][\w\-.:·…]{0,40})(?:\s[^<>\n]{0,200})?/?>(?!>)")
 
 # Links and images that survive as plain text (pasted URLs, Markdown written by the poster).
 _MD_IMAGE = re.compile(r"!\[[^\]\n]*\]\([^)\s]*\)")
@@ -130,12 +159,65 @@ def valid_unicode(text: str) -> str:
 def fix_encoding(text: str) -> str:
     """Mojibake, HTML entities left in plain text and control characters, by ftfy.
 
+    Only repairs: `cafÃ©` -> `café`, `â€œhiâ€\x9d` -> `“hi”`, `Tom &amp; Jerry` -> `Tom & Jerry` (entities
+    are unescaped unless the text also holds a literal `<`, ftfy's "auto"). Legitimate Unicode is kept:
+    `「こんにちは！」`, `“curly” ‘quotes’`, `Ｆｕｌｌ　ｗｉｄｔｈ`, `ß`, `ﬁ` (see `_FTFY_CONFIG`).
+
     ftfy only changes non-ASCII text or text with entities; plain ASCII text only loses its
     control characters, so ftfy (the slowest step of cleaning) is skipped for it.
     """
     if text.isascii() and "&" not in text:
         return _CONTROL.sub("", text)
-    return _CONTROL.sub("", ftfy.fix_text(text))
+    return _CONTROL.sub("", ftfy.fix_text(text, _FTFY_CONFIG))
+
+
+def strip_reasoning(text: str) -> tuple[str, int]:
+    """LLM reasoning out of a turn: (text without it, number of blocks removed).
+
+    `<think>…</think>` and `<thinking>…</thinking>` (any case) go with their content; an opening tag
+    that is never closed takes everything after it (the model was cut off while reasoning, e.g. a
+    post that starts with `<think>`); a closing tag that was never opened takes everything before it
+    (chat templates that put the opening tag in the prompt). Each counts as one block.
+    """
+    if "<" not in text or not _REASONING_OPEN.search(text) and not _REASONING_CLOSE.search(text):
+        return text, 0
+    text, n = _REASONING_BLOCK.subn("", text)
+    close = None
+    for close in _REASONING_CLOSE.finditer(text):
+        pass
+    if close is not None:
+        text, n = text[close.end():], n + 1
+    opening = _REASONING_OPEN.search(text)
+    if opening is not None:
+        text, n = text[:opening.start()], n + 1
+    return text, n
+
+
+def _spaced_letter(ch: str) -> bool:
+    """A letter of a script that puts spaces between words (not CJK: Han, kana, full-width forms)."""
+    return ch.isalpha() and ord(ch) < 0x2E80
+
+
+def _needs_space(before: str, after: str) -> bool:
+    """Whether removing a tag between two characters would glue two words (not in CJK text)."""
+    return (before.isalnum() and after.isalnum()
+            and ord(before) < 0x2E80 and ord(after) < 0x2E80)
+
+
+def strip_non_ascii_tags(text: str) -> str:
+    """`<回复>你好</回复>` -> `你好`: tag-like markup whose name has a non-ASCII letter goes, its content stays."""
+    if text.isascii() or "<" not in text or ">" not in text:
+        return text
+
+    def drop(m: re.Match[str]) -> str:
+        if m.group(1).isascii():
+            return m.group(0)
+        start, end = m.span()
+        if 0 < start and end < len(text) and _needs_space(text[start - 1], text[end]):
+            return " "
+        return ""
+
+    return _TAG_LIKE.sub(drop, text)
 
 
 def remove_urls(text: str) -> str:
@@ -152,11 +234,19 @@ def remove_urls(text: str) -> str:
     return text
 
 
+def _one_space(m: re.Match[str]) -> str:
+    """A run of only ideographic spaces (CJK text) stays one ideographic space; any other run is one space."""
+    return _IDEOGRAPHIC_SPACE if m.group(0).strip(_IDEOGRAPHIC_SPACE) == "" else " "
+
+
 def normalize_whitespace(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
+    ideographic = False
     if not text.isascii():
         text = _INVISIBLE.sub("", text)
-    lines = [line.strip() for line in _SPACES.sub(" ", text).split("\n")]
+        ideographic = _IDEOGRAPHIC_SPACE in text
+    spaced = _SPACES.sub(_one_space, text) if ideographic else _SPACES.sub(" ", text)
+    lines = [line.strip() for line in spaced.split("\n")]
     return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
 
 
@@ -166,10 +256,10 @@ def _unglue(pattern: re.Pattern[str], text: str) -> str:
     for match in pattern.finditer(text):
         start, end = match.span()
         out.append(text[last:start])
-        if start > 0 and text[start - 1].isalpha():
+        if start > 0 and _spaced_letter(text[start - 1]):
             out.append(" ")
         out.append(match.group(0))
-        if end < len(text) and text[end].isalpha():
+        if end < len(text) and _spaced_letter(text[end]):
             out.append(" ")
         last = end
     out.append(text[last:])
@@ -201,16 +291,31 @@ def fix_typography(text: str) -> str:
     return fix_sentence_spacing(cap_punctuation_runs(fix_glued_emphasis(text)))
 
 
-def to_text(raw: str | None) -> str:
-    """Plain text with paragraphs kept and emphasis as Markdown, from HTML, BBCode or plain text."""
+def to_text(raw: str | None, counts: dict[str, int] | None = None) -> str:
+    """Plain text with paragraphs kept and emphasis as Markdown, from HTML, BBCode or plain text.
+
+    LLM reasoning blocks are removed (`strip_reasoning`); when `counts` is given, the number removed is
+    added to `counts["n_reasoning_blocks"]` (the key is set even when none were).
+    """
+    if counts is not None:
+        counts.setdefault("n_reasoning_blocks", 0)
     if not raw:
         return ""
     text = valid_unicode(raw)
+    # Literal tags first: the HTML parser would drop `<think>` and keep what it wraps.
+    text, n_reasoning = strip_reasoning(text)
     if looks_like_markup(text):
-        # A literal newline in a forum post is a line break the author typed, whatever the markup.
-        html = bbcode_to_html(text).replace("\r\n", "\n").replace("\n", "<br>")
+        # A literal newline in a forum post is a line break the author typed, whatever the markup; one that
+        # follows a <br> or a block tag is how the forum software serialized that break (XenForo writes
+        # `<br />\n`), not a second one.
+        html = _SERIALIZED_BREAK.sub(r"\1", bbcode_to_html(text).replace("\r\n", "\n")).replace("\n", "<br>")
         tree = LexborHTMLParser(f"<div>{html}</div>")
         root = tree.body
         text = "".join(_render(child) for child in root.iter(include_text=True)) if root else ""
-    text = remove_urls(fix_encoding(text))
+    text = fix_encoding(text)
+    # Escaped tags (`&lt;think&gt;` in HTML) only appear now.
+    text, n_escaped = strip_reasoning(text)
+    if counts is not None:
+        counts["n_reasoning_blocks"] += n_reasoning + n_escaped
+    text = remove_urls(strip_non_ascii_tags(text))
     return fix_typography(normalize_whitespace(text))
