@@ -20,6 +20,19 @@ def report_path(instance: dg.DagsterInstance) -> int:
     return 0
 
 
+def report_refused(defs: dg.Definitions) -> None:
+    """Say which inbox entries will not be registered: a link leading outside the inbox (or a folder holding
+    one), a name that is not a safe partition key. `register_inbox` registers only what `find_dumps` lists,
+    and `find_dumps` leaves these out (`gcrp_assets.lib.inbox`); they must not be missed silently."""
+    from gcrp_assets.lib.dumps import DumpReadError, find_dumps
+
+    try:
+        find_dumps(defs.resources["inbox"].folder(),
+                   on_refused=lambda path, reason: print(f"not registered: {reason}", file=sys.stderr))
+    except DumpReadError:
+        pass  # no inbox: register_inbox says so
+
+
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) == 2 else None
     if command not in ("run", "register", "report-path"):
@@ -28,6 +41,8 @@ def main(argv: list[str]) -> int:
     from gcrp_assets.defs.runner import materialize_chain, register_inbox
     from gcrp_assets.definitions import defs
 
+    if command in ("run", "register"):
+        report_refused(defs)
     with dg.DagsterInstance.get() as instance:
         if command == "register":
             print("registered dump partitions:", ", ".join(register_inbox(instance, defs)))

@@ -158,7 +158,8 @@ def test_near_empty_posts_count_as_empty():
 
 def test_every_reason_has_a_meaning():
     assert {"too_few_turns", "empty_posts", "too_few_characters", "too_many_characters", "post_too_long",
-            "too_many_unattributed", "too_much_ooc", "not_english", "exact_duplicate", "near_duplicate"} == set(REASONS)
+            "too_many_unattributed", "too_much_ooc", "not_english", "minor_sexual_content", "exact_duplicate",
+            "near_duplicate"} == set(REASONS)
 
 
 def test_post_too_long_is_rejected_not_split():

@@ -61,7 +61,7 @@ def test_every_asset_materializes_and_every_check_passes(chain):
     assert materialized == {(key, dump) for key in PER_DUMP for dump in DUMPS} | {
         ("tokenized_parquet", None), ("base_model", None), ("lora_checkpoint", None), ("eval_report", None)}
     checks = [c for r in outcome.results for c in r.get_asset_check_evaluations()]
-    assert len(checks) == 14 and all(c.passed for c in checks), [(c.check_name, c.passed) for c in checks]
+    assert len(checks) == 18 and all(c.passed for c in checks), [(c.check_name, c.passed) for c in checks]
 
 
 def test_counts_add_up_and_rejects_are_recorded(chain):

@@ -31,9 +31,10 @@ from gcrp_assets_tests.factories import thread, write_jsonl
 def assert_canonical(contents):
     """Every thread is exactly what `_validate_thread` makes of it, plus dump and line."""
     for t in contents.threads:
-        assert set(t) == {"dump", "line", "thread_id", "title", "forum", "url", "tags", "characters", "posts"}
+        assert set(t) == {"dump", "file", "line", "thread_id", "title", "forum", "url", "tags", "human", "characters",
+                          "posts"}
         assert t["dump"] == contents.dump and isinstance(t["line"], int) and t["line"] >= 1
-        assert _validate_thread(t) == {k: v for k, v in t.items() if k not in ("dump", "line")}
+        assert _validate_thread(t) == {k: v for k, v in t.items() if k not in ("dump", "file", "line")}
     assert contents.lines == len(contents.threads) + len(contents.rejects)
 
 
@@ -58,17 +59,18 @@ ROWS = [
 
 def golden_ember_road(dump: str) -> dict:
     return {
-        "dump": dump, "line": 2, "thread_id": "The Ember Road", "title": "The Ember Road", "forum": None, "url": None,
-        "tags": ["1x1", "Fantasy"],
+        "dump": dump, "file": dump, "line": 2, "thread_id": "The Ember Road", "title": "The Ember Road", "forum": None,
+        "url": None, "tags": ["1x1", "Fantasy"], "human": None,
         "characters": [
-            {"name": "Mira Vell", "player": "nightowl_77", "sheet": "<b>Name:</b> Mira Vell<br>Age: 19"},
-            {"name": "Dorn Hale", "player": "quill&ink", "sheet": "[b]Dorn Hale[/b]\nAge: 40\nRace: Dwarf"},
+            {"name": "Mira Vell", "player": "nightowl_77", "sheet": "<b>Name:</b> Mira Vell<br>Age: 19", "aliases": []},
+            {"name": "Dorn Hale", "player": "quill&ink", "sheet": "[b]Dorn Hale[/b]\nAge: 40\nRace: Dwarf",
+             "aliases": []},
         ],
         "posts": [
             {"post_id": "2", "author": "nightowl_77", "character": None,
-             "text": "<p>Mira pushed the door open, \"Anyone here?\"</p>", "posted_at": None},
+             "text": "<p>Mira pushed the door open, \"Anyone here?\"</p>", "posted_at": None, "kind": "ic"},
             {"post_id": "5", "author": "quill&ink", "character": None,
-             "text": "Dorn looked up from the fire.\nHe nodded once.", "posted_at": None},
+             "text": "Dorn looked up from the fire.\nHe nodded once.", "posted_at": None, "kind": "ic"},
         ],
     }
 
@@ -133,13 +135,13 @@ def test_contract_columns_aliases_and_optional_fields(tmp_path):
     ]
     path = write_delimited(tmp_path / "posts.csv", header, rows, ",")
     assert read_dump(path).threads == [{
-        "dump": "posts.csv", "line": 1, "thread_id": "t-1", "title": "The Bridge", "forum": "starport", "url": None,
-        "tags": ["scifi", "crew"], "characters": [],
+        "dump": "posts.csv", "file": "posts.csv", "line": 1, "thread_id": "t-1", "title": "The Bridge",
+        "forum": "starport", "url": None, "tags": ["scifi", "crew"], "human": None, "characters": [],
         "posts": [
             {"post_id": "p1", "author": "keri", "character": "Keri Wolf", "text": "Keri checks the gauges.",
-             "posted_at": "2021-05-01T12:00:00Z"},
+             "posted_at": "2021-05-01T12:00:00Z", "kind": "ic"},
             {"post_id": "p2", "author": "dorn", "character": "Dorn Hale", "text": "Dorn grunts.",
-             "posted_at": "2021-05-01T12:05:00Z"},
+             "posted_at": "2021-05-01T12:05:00Z", "kind": "ic"},
         ],
     }]
 
@@ -171,7 +173,7 @@ def test_sheet_name_comes_from_the_character_column_or_the_sheet_never_the_handl
     ]
     contents = read_dump(write_delimited(tmp_path / "sheets.csv", header, rows, ","))
     assert [t["characters"] for t in contents.threads] == [
-        [{"name": "Mira Vell", "player": "nightowl_77", "sheet": "Age: 19\nRace: Elf"}]]
+        [{"name": "Mira Vell", "player": "nightowl_77", "sheet": "Age: 19\nRace: Elf", "aliases": []}]]
     [reject] = contents.rejects
     assert reject["line"] == 4 and reject["reason"] == "invalid_thread"
     assert reject["detail"].startswith("sheets.csv:row 4: thread 'Unnamed': character sheet at row 4 names no character")
@@ -235,6 +237,16 @@ def test_tags_are_parsed_as_data_never_evaluated():
 # SillyTavern
 
 
+def assert_st_canonical(contents):
+    """Every SillyTavern thread is exactly what `_validate_thread` makes of it, plus dump, file and line."""
+    for t in contents.threads:
+        assert set(t) == {"dump", "file", "line", "thread_id", "title", "forum", "url", "tags", "human",
+                          "characters", "posts"}
+        assert t["dump"] == contents.dump and isinstance(t["line"], int) and t["line"] >= 1
+        assert _validate_thread(t) == {k: v for k, v in t.items() if k not in ("dump", "file", "line")}
+    assert contents.lines == len(contents.threads) + len(contents.rejects)
+
+
 def b64(obj: dict) -> str:
     return base64.b64encode(json.dumps(obj).encode("utf-8")).decode("ascii")
 
@@ -291,14 +303,19 @@ GROUP_MESSAGES = [
 def golden_group_posts() -> list[dict]:
     return [
         {"post_id": "1", "author": "st-user", "character": "Ash",
-         "text": "Ash sets down his pack. \"Rooms for three?\"", "posted_at": "2024-01-15T12:30:00"},
+         "text": "Ash sets down his pack. \"Rooms for three?\"", "posted_at": "2024-01-15T12:30:00", "kind": "ic"},
         {"post_id": "2", "author": "Mira.png", "character": "Mira Vell", "text": "Mira slides a key across the bar.",
-         "posted_at": "2024-01-15T12:30:45.123Z"},
+         "posted_at": "2024-01-15T12:30:45.123Z", "kind": "ic"},
+        {"post_id": "3", "author": "st-narrator", "character": None, "text": "[Ash is now a guest of the inn]",
+         "posted_at": "2024-01-15T12:30:50Z", "kind": "narrator"},
         {"post_id": "4", "author": "Dorn.json", "character": "Dorn Hale", "text": "Dorn grunts from the corner.",
-         "posted_at": "2024-01-15T12:31:00Z"},
+         "posted_at": "2024-01-15T12:31:00Z", "kind": "ic"},
         {"post_id": "5", "author": "Keri.png", "character": "Keri Wolf", "text": "Keri counts the coins twice.",
-         "posted_at": "2024-01-15T12:32:00"},
+         "posted_at": "2024-01-15T12:32:00", "kind": "ic"},
     ]
+
+
+ASH = {"name": "Ash", "player": "st-user", "sheet": None, "aliases": []}
 
 
 @pytest.fixture
@@ -340,27 +357,31 @@ def test_sillytavern_export_golden(st_export):
     assert detect_layout(st_export) == "sillytavern"
     contents = read_dump(st_export)
     assert contents.layout == "sillytavern"
+    # thread_id: the chat's path in the dump without `.jsonl`; the card's scenario is not a sheet fact;
+    # the narrator's message is a narrator post; the persona (is_user) is the thread's human and in the roster.
     assert contents.threads == [
-        {"dump": "st_export", "line": 2, "thread_id": SOLO_CHAT, "title": None, "forum": "sillytavern", "url": None,
-         "tags": [],
+        {"dump": "st_export", "file": f"chats/Seraphina/{SOLO_CHAT}.jsonl", "line": 2,
+         "thread_id": f"chats/Seraphina/{SOLO_CHAT}", "title": None, "forum": "sillytavern", "url": None,
+         "tags": [], "human": "Ash",
          "characters": [{"name": "Seraphina", "player": "Seraphina.json",
-                         "sheet": "Description: Seraphina tends the glade; she greets Ash warmly.\n"
-                                  "Scenario: A quiet forest."}],
+                         "sheet": "Seraphina tends the glade; she greets Ash warmly.", "aliases": []}, ASH],
          "posts": [
              {"post_id": "2", "author": "Seraphina.json", "character": "Seraphina",
-              "text": "Seraphina smiles. \"You found the glade.\"", "posted_at": "2024-02-01T09:00:00"},
+              "text": "Seraphina smiles. \"You found the glade.\"", "posted_at": "2024-02-01T09:00:00", "kind": "ic"},
              {"post_id": "3", "author": "st-user", "character": "Ash", "text": "Ash bows.",
-              "posted_at": "2024-02-01T09:01:00"},
+              "posted_at": "2024-02-01T09:01:00", "kind": "ic"},
          ]},
-        {"dump": "st_export", "line": 1, "thread_id": GROUP_CHAT, "title": "The Lantern Inn", "forum": "sillytavern",
-         "url": None, "tags": [],
+        {"dump": "st_export", "file": f"group chats/{GROUP_CHAT}.jsonl", "line": 1,
+         "thread_id": f"group chats/{GROUP_CHAT}", "title": "The Lantern Inn", "forum": "sillytavern",
+         "url": None, "tags": [], "human": "Ash",
          "characters": [
              {"name": "Mira Vell", "player": "Mira.png",
-              "sheet": "Description: Mira Vell runs the Lantern Inn and owes Ash a favour.\n"
-                       "Personality: shrewd, warm\nScenario: Ash arrives at Mira Vell's inn after dark."},
+              "sheet": "Mira Vell runs the Lantern Inn and owes Ash a favour.\n\nPersonality: shrewd, warm",
+              "aliases": []},
              {"name": "Dorn Hale", "player": "Dorn.json",
-              "sheet": "Description: A retired caravan guard.\nPersonality: gruff; loyal to Dorn Hale's friends"},
-             {"name": "Keri Wolf", "player": "Keri.png", "sheet": "Description: Keri Wolf guards the road for Ash."},
+              "sheet": "A retired caravan guard.\n\nPersonality: gruff; loyal to Dorn Hale's friends", "aliases": []},
+             {"name": "Keri Wolf", "player": "Keri.png", "sheet": "Keri Wolf guards the road for Ash.", "aliases": []},
+             ASH,
          ],
          "posts": golden_group_posts()},
     ]
@@ -368,37 +389,39 @@ def test_sillytavern_export_golden(st_export):
     by_reason = {r["reason"]: r for r in contents.rejects}
     assert sorted(by_reason) == ["invalid_card", "invalid_json"]
     bad_chat = by_reason["invalid_json"]
-    assert bad_chat["line"] == 2 and bad_chat["thread_id"] == "Broken chat"
+    assert bad_chat["line"] == 2 and bad_chat["thread_id"] == "group chats/Broken chat"
+    assert bad_chat["file"] == "group chats/Broken chat.jsonl"
     assert bad_chat["detail"].startswith("st_export/group chats/Broken chat.jsonl:2: invalid JSON")
     assert by_reason["invalid_card"]["detail"].startswith("st_export/characters/Broken.png: unreadable card")
+    assert by_reason["invalid_card"]["file"] == "characters/Broken.png"
     assert contents.lines == 4
-    assert_canonical(contents)
+    assert_st_canonical(contents)
 
 
 def test_only_the_chosen_swipe_is_a_turn(st_export):
     texts = [p["text"] for t in read_dump(st_export).threads for p in t["posts"]]
     assert "Mira slides a key across the bar." in texts
-    assert not {"Mira ignores him.", "Mira laughs at the pack.", "[Ash is now a guest of the inn]"} & set(texts)
+    assert not {"Mira ignores him.", "Mira laughs at the pack."} & set(texts)
 
 
 def test_unreadable_card_keeps_the_chat(st_export):
     (st_export / "characters" / "Dorn.json").write_text('{"spec": "chara_card_v2", "data": ', "utf-8")
     contents = read_dump(st_export)
-    lantern = next(t for t in contents.threads if t["thread_id"] == GROUP_CHAT)
-    assert [c["name"] for c in lantern["characters"]] == ["Mira Vell", "Keri Wolf"]
+    lantern = next(t for t in contents.threads if t["thread_id"] == f"group chats/{GROUP_CHAT}")
+    assert [c["name"] for c in lantern["characters"]] == ["Mira Vell", "Keri Wolf", "Ash"]
     assert lantern["posts"] == golden_group_posts()
     dorn = [r for r in contents.rejects if "Dorn.json" in r["detail"]]
     assert [r["reason"] for r in dorn] == ["invalid_card"]
-    assert_canonical(contents)
+    assert_st_canonical(contents)
 
 
 def test_a_sillytavern_chat_saved_as_jsonl_is_not_read_as_canonical(tmp_path):
     group = write_lines(tmp_path / "lantern.jsonl", GROUP_MESSAGES)
     assert detect_layout(group) == "sillytavern"
     contents = read_dump(group)
-    assert contents.threads == [{"dump": "lantern.jsonl", "line": 1, "thread_id": "lantern", "title": None,
-                                 "forum": "sillytavern", "url": None, "tags": [], "characters": [],
-                                 "posts": golden_group_posts()}]
+    assert contents.threads == [{"dump": "lantern.jsonl", "file": "lantern.jsonl", "line": 1, "thread_id": "lantern",
+                                 "title": None, "forum": "sillytavern", "url": None, "tags": [], "human": "Ash",
+                                 "characters": [ASH], "posts": golden_group_posts()}]
     assert not contents.rejects and contents.system_messages == 1
 
     solo = write_lines(tmp_path / "solo.jsonl", [{"user_name": "Ash", "character_name": "Seraphina",
@@ -429,8 +452,8 @@ def test_cards_v1_v2_v3_and_png_chunks(tmp_path):
                                             "personality": "", "scenario": "", "first_mes": "", "mes_example": ""}])
     card = read_card(v1)
     assert (card.name, card.spec) == ("Yara", "v1")
-    assert card_sheet(card) == "Description: Yara meets {{user}}."  # no persona known: left as is
-    assert card_sheet(card, "Ash") == "Description: Yara meets Ash."
+    assert card_sheet(card) == "Yara meets {{user}}."  # no persona known: left as is
+    assert card_sheet(card, "Ash") == "Yara meets Ash."
 
     chara_png = png_card(tmp_path / "mira.png", chara=b64(v2("Mira Vell", personality="shrewd")))
     card = read_card(chara_png)
@@ -458,19 +481,20 @@ def test_card_chunk_after_the_image_data_is_found(tmp_path):
     late = tmp_path / "late.png"
     late.write_bytes(plain[:iend] + chunk + plain[iend:])
     card = read_card(late)
-    assert (card.name, card_sheet(card)) == ("Ilse Varo", "Scenario: A ship at dawn.")
+    assert (card.name, card.scenario) == ("Ilse Varo", "A ship at dawn.")
+    assert card_sheet(card) is None  # a scenario is not a fact about the character
 
 
 def test_unreadable_group_keeps_its_chats_without_title(st_export):
     (st_export / "groups" / "1705320000000.json").write_text("{broken", "utf-8")
     contents = read_dump(st_export)
-    lantern = next(t for t in contents.threads if t["thread_id"] == GROUP_CHAT)
+    lantern = next(t for t in contents.threads if t["thread_id"] == f"group chats/{GROUP_CHAT}")
     assert lantern["title"] is None and lantern["posts"] == golden_group_posts()
     # Members are still found through the messages' original_avatar.
-    assert [c["player"] for c in lantern["characters"]] == ["Mira.png", "Dorn.json", "Keri.png"]
+    assert [c["player"] for c in lantern["characters"]] == ["Mira.png", "Dorn.json", "Keri.png", "st-user"]
     [group] = [r for r in contents.rejects if r["reason"] == "invalid_group"]
     assert group["detail"].startswith("st_export/groups/1705320000000.json: unreadable group")
-    assert_canonical(contents)
+    assert_st_canonical(contents)
 
 
 def test_send_date_forms():
@@ -524,7 +548,7 @@ def test_canonical_jsonl_reads_exactly_as_before(tmp_path):
     direct = read_canonical_jsonl(path)
     assert contents.threads == direct.threads and contents.rejects == direct.rejects
     assert [t["thread_id"] for t in contents.threads] == ["a", "b"]
-    assert contents.threads[0]["posts"][0] == thread("a", 2, 6)["posts"][0]
+    assert contents.threads[0]["posts"][0] == {**thread("a", 2, 6)["posts"][0], "kind": "ic"}
     assert contents.rejects[0]["detail"].startswith("native.jsonl:2: invalid JSON")
     assert contents.layout == "canonical_jsonl" and contents.lines == 3
     assert_canonical(contents)

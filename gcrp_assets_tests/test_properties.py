@@ -42,7 +42,7 @@ OPTIONAL = [("title",), ("tags",), ("characters",), ("forum",), ("url",), ("post
 
 @st.composite
 def good_threads(draw, index: int) -> dict:
-    record = thread(f"t{index}", draw(st.integers(1, 9)), draw(st.integers(0, 12)))
+    record = thread(f"t{index}", draw(st.integers(1, 9)), draw(st.integers(1, 12)))  # no posts: a `no_posts` reject
     for post in record["posts"]:
         if draw(st.integers(0, 3)) == 0:
             post["text"] = draw(post_text)
@@ -69,8 +69,8 @@ def _truncate(line: str, cut: int) -> str:
 @st.composite
 def bad_lines(draw, index: int) -> bytes:
     valid = json.dumps(thread(f"bad{index}", 2, 3))
-    kind = draw(st.sampled_from(["truncate", "garble", "not_object", "no_posts", "no_id", "posts_not_list",
-                                 "not_utf8", "bad_post", "duplicate_id"]))
+    kind = draw(st.sampled_from(["truncate", "garble", "not_object", "no_posts", "empty_posts", "no_id",
+                                 "posts_not_list", "not_utf8", "bad_post", "duplicate_id"]))
     if kind == "truncate":
         return _truncate(valid, draw(st.integers(1, len(valid)))).encode()
     if kind == "garble":
@@ -84,6 +84,8 @@ def bad_lines(draw, index: int) -> bytes:
     record = json.loads(valid)
     if kind == "no_posts":
         del record["posts"]
+    elif kind == "empty_posts":
+        record["posts"] = []
     elif kind == "no_id":
         record.pop("thread_id")
     elif kind == "posts_not_list":

@@ -101,8 +101,8 @@ def test_stage_outputs_are_byte_identical_run_to_run(tmp_path):
 
 
 def test_row_writer_is_atomic_and_deterministic(tmp_path):
-    rows = [{"dump": "d", "line": i, "thread_id": str(i), "stage": "s", "reason": "r", "detail": "x" * i,
-             "record": "{}"} for i in range(10)]
+    rows = [{"dump": "d", "file": "d", "line": i, "thread_id": str(i), "stage": "s", "reason": "r", "detail": "x" * i,
+             "record": "{}", "evidence": None} for i in range(10)]
     for name in ("a.parquet", "b.parquet"):
         with RowWriter(tmp_path / name, schemas.REJECTS, batch=3) as writer:
             writer.extend(rows)

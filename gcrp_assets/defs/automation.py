@@ -11,12 +11,14 @@
 """
 
 import json
+from typing import Callable
 
 import dagster as dg
 
 from gcrp_assets.defs.partitions import dumps
 from gcrp_assets.defs.resources import DumpInbox
-from gcrp_assets.lib.dumps import dump_digest, find_dumps
+from gcrp_assets.lib.dumps import DumpReadError, dump_digest, find_dumps
+from gcrp_assets.lib.inbox import InboxError, validate_dump_name
 
 A = dg.AutomationCondition
 
@@ -48,16 +50,31 @@ training_chain_job = dg.define_asset_job(
     description="The training set of all dump partitions, the adapter and its eval report.")
 
 
-def dump_digests(inbox: DumpInbox) -> dict[str, str]:
-    """Content hash of every dump in the inbox, by partition key."""
-    return {p.name: dump_digest(p) for p in find_dumps(inbox.folder())}
+def dump_digests(inbox: DumpInbox, on_refused: Callable[[str, str], None] | None = None) -> dict[str, str]:
+    """Content hash of every dump in the inbox, by partition key.
+
+    Only safe names become keys (`validate_dump_name`, checked again here because a key is forever): an
+    entry whose name is not one, that links outside the inbox, or that holds such a link (a folder), or that
+    cannot be read, is left out and reported to `on_refused(name, reason)`; the other dumps go on.
+    """
+    folder = inbox.folder()
+    refused = on_refused or (lambda name, reason: None)
+    digests = {}
+    for path in find_dumps(folder, on_refused=lambda p, reason: refused(p.name, reason)):
+        try:
+            validate_dump_name(path.name)
+            digests[path.name] = dump_digest(path, folder)
+        except (InboxError, DumpReadError) as exc:
+            refused(path.name, str(exc))
+    return digests
 
 
 @dg.sensor(job=dump_stages_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="New or changed dumps in the inbox: register the partition and run its data stages.")
 def inbox_sensor(context: dg.SensorEvaluationContext, inbox: DumpInbox) -> dg.SensorResult | dg.SkipReason:
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    current = dump_digests(inbox)
+    current = dump_digests(inbox, on_refused=lambda name, reason: context.log.warning(
+        f"inbox entry {name!r} is not registered as a dump: {reason}"))
     changed = sorted(name for name, digest in current.items() if seen.get(name) != digest)
     removed = sorted(set(seen) - set(current))
     for name in removed:

@@ -19,6 +19,18 @@ class FilterConfig(dg.Config):
                                                  "with OOC).")
     max_ooc_share: float = Field(0.5, description="Reject a thread (too_much_ooc) when more than this share of its "
                                                   "posts hold OOC remarks; 1.0 = never.")
+    narrator_policy: str = Field("skip", description="Narrator/system messages of the source program (SillyTavern "
+                                                     "/sys, extra.type narrator): 'skip' them (counted) or keep "
+                                                     "them as a name-less OOC turn ('ooc', rendered as a user turn).")
+    attribution: str = Field("contract", description="'contract': the input contract's rules (character field, the "
+                                                     "author's only character, a name header). 'author': the author "
+                                                     "column is the speaking character (play scripts, transcripts, "
+                                                     "chat logs); authors are then names, not handles.")
+    content_policy: bool = Field(True, description="Reject threads where sexual content co-occurs with signs that a "
+                                                   "participant is a minor (minor_sexual_content); evidence is kept "
+                                                   "in rejects.parquet only.")
+    content_policy_rules: str = Field("", description="Extra YAML rule file merged with the shipped "
+                                                      "templates/content_policy.yaml.")
     min_post_chars: int = Field(10, description="A post with fewer characters left after cleaning is near-empty: "
                                                 "counted in n_empty_posts, not a turn.")
     max_post_chars: int = Field(20_000, description="Reject a thread (post_too_long) with a roleplay post longer "

@@ -7,6 +7,7 @@ input read a batch at a time, outputs written incrementally with fixed Parquet w
 
 
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +18,7 @@ from gcrp_assets.defs.configs import FilterConfig, PromptConfig
 from gcrp_assets.defs.partitions import dumps
 from gcrp_assets.defs.resources import ArtifactStore, DumpInbox
 from gcrp_assets.lib.cleaning import CleaningOptions
+from gcrp_assets.lib.content_policy import PolicyConfig, check_thread, load_policy
 from gcrp_assets.lib.dedup import DedupConfig
 from gcrp_assets.lib.dumps import DumpReadError, dump_digest
 from gcrp_assets.lib.filters import REASONS, FilterRules
@@ -28,28 +30,25 @@ from gcrp_assets.lib.sheets import SheetRewriter, SheetTemplate, normalize_sheet
 from gcrp_assets.lib.stages import LISTED_REJECTS, run_augmented, run_filtered, run_raw, sample_texts  # noqa: F401
 from gcrp_assets.lib.tables import md_table
 
-RAW_CODE = code_version("lib/dumps.py", "lib/importers/*.py", "lib/schemas.py", "lib/parquet.py", "lib/stages.py")
-FILTER_CODE = code_version("lib/markup.py", "lib/ooc.py", "lib/attribution.py", "lib/privacy.py",
-                           "lib/cleaning.py", "lib/filters.py", "lib/language.py", "lib/dedup.py", "lib/schemas.py",
-                           "lib/parquet.py", "lib/stages.py")
-PROMPT_CODE = code_version("lib/sheets.py", "lib/sheet_rewrite.py", "lib/prompts.py", "templates/*",
-                           "lib/privacy.py", "lib/schemas.py", "lib/parquet.py", "lib/stages.py")
+# One module defines the three data stages, so they share its code closure (`lib.code_closure`).
+DATA_STAGES_CODE = code_version(__name__)
 
 
 @dg.asset(
-    group_name="data", kinds={"parquet"}, code_version=RAW_CODE, partitions_def=dumps,
+    group_name="data", kinds={"parquet"}, code_version=DATA_STAGES_CODE, partitions_def=dumps,
     check_specs=[dg.AssetCheckSpec("lines_accounted_for", asset="raw_threads", blocking=True,
-                                   description="Every non-blank line of the dump is a thread or a reject.")],
+                                   description="Every record of the dump is a thread or a reject."),
+                 dg.AssetCheckSpec("dump_not_empty", asset="raw_threads", blocking=False,
+                                   description="The dump yielded at least one thread (an empty dump is allowed "
+                                               "but said).")],
 )
 def raw_threads(context: dg.AssetExecutionContext, inbox: DumpInbox, store: ArtifactStore) -> dg.MaterializeResult:
     """One dump (this partition) read into the canonical thread table, whatever its layout (canonical thread
     JSONL, CSV/TSV/Parquet post table, SillyTavern export folder, recognised by content); malformed records go
     to rejects with file and line. A dump that cannot be read at all fails the run with an error naming it."""
     dump = context.partition_key
-    path = inbox.folder() / dump
-    if not path.exists():
-        raise dg.Failure(f"{path}: dump {dump!r} is no longer in the inbox")
-    inputs = {"code": RAW_CODE, "dump": dump, "dump_sha256": dump_digest(path)}
+    path = inbox.dump_path(dump)  # a name in the inbox, never a path out of it (lib.inbox)
+    inputs = {"code": DATA_STAGES_CODE, "dump": dump, "dump_sha256": dump_digest(path, inbox=inbox.folder())}
 
     def build(folder: Path) -> dict:
         try:
@@ -73,14 +72,23 @@ def raw_threads(context: dg.AssetExecutionContext, inbox: DumpInbox, store: Arti
             "posts": m["posts"],
             "rejects": dg.MetadataValue.md(listing),
             "preview": dg.MetadataValue.md(md_table(m["preview"], ["thread_id", "title", "characters", "posts"])),
+            **({"warning": f"dump {dump!r} yielded no thread ({m['lines']} records read)"} if not m["threads"] else {}),
         }
 
-    built = build_or_reuse(context, lambda fp: store.dir_for("raw_threads", fp, dump), inputs, build)
-    m = built.metadata
-    passed = m["threads"] + m["rejected_lines"] == m["lines"]
-    return built.result([dg.AssetCheckResult(check_name="lines_accounted_for", passed=passed,
-                                             metadata={"lines": m["lines"], "threads": m["threads"],
-                                                       "rejected_lines": m["rejected_lines"]})])
+    built = build_or_reuse(context, lambda fp: store.dir_for("raw_threads", fp, dump), inputs, build,
+                           checks=raw_checks)
+    if not built.metadata["threads"]:
+        context.log.warning(built.metadata.get("warning", f"dump {dump!r} yielded no thread"))
+    return built.result()
+
+
+def raw_checks(m: dict) -> list[dg.AssetCheckResult]:
+    return [
+        dg.AssetCheckResult(check_name="lines_accounted_for", passed=m["threads"] + m["rejected_lines"] == m["lines"],
+                            metadata={"lines": m["lines"], "threads": m["threads"], "rejected_lines": m["rejected_lines"]}),
+        dg.AssetCheckResult(check_name="dump_not_empty", passed=m["threads"] > 0, severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"threads": m["threads"], "records": m["lines"]}),
+    ]
 
 
 def filter_rules(config: FilterConfig) -> FilterRules:
@@ -92,7 +100,8 @@ def filter_rules(config: FilterConfig) -> FilterRules:
 
 def cleaning_options(config: FilterConfig) -> CleaningOptions:
     return CleaningOptions(drop_unattributed=config.drop_unattributed, ooc_policy=config.ooc_policy,
-                           min_post_chars=config.min_post_chars)
+                           min_post_chars=config.min_post_chars, narrator_policy=config.narrator_policy,
+                           attribution=config.attribution)
 
 
 def dedup_config(config: FilterConfig) -> DedupConfig:
@@ -101,7 +110,7 @@ def dedup_config(config: FilterConfig) -> DedupConfig:
 
 
 @dg.asset(
-    group_name="data", kinds={"parquet"}, code_version=FILTER_CODE, deps=[raw_threads], partitions_def=dumps,
+    group_name="data", kinds={"parquet"}, code_version=DATA_STAGES_CODE, deps=[raw_threads], partitions_def=dumps,
     automation_condition=follow_upstream_data(),
     check_specs=[
         dg.AssetCheckSpec("threads_accounted_for", asset="filtered_threads", blocking=True,
@@ -123,10 +132,18 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
     dump = context.partition_key
     raw = upstream(context, "raw_threads", dump)
     rules, options, dedup = filter_rules(config), cleaning_options(config), dedup_config(config)
-    inputs = {"code": FILTER_CODE, "config": config.model_dump(), "raw_threads": raw.data_version}
+    try:
+        policy = load_policy(PolicyConfig(enabled=config.content_policy, extra_rules_path=config.content_policy_rules))
+    except (OSError, ValueError) as exc:
+        raise dg.Failure(f"content_policy_rules: {exc}") from exc
+    rules_file = {config.content_policy_rules: sha256_file(Path(config.content_policy_rules))} \
+        if config.content_policy_rules else {}
+    inputs = {"code": DATA_STAGES_CODE, "config": config.model_dump(), "content_policy_rules": rules_file,
+              "raw_threads": raw.data_version}
 
     def build(folder: Path) -> dict:
-        m = run_filtered(raw.path / "threads.parquet", folder, rules, options, dedup)
+        m = run_filtered(raw.path / "threads.parquet", folder, rules, options, dedup,
+                         policy=partial(check_thread, policy=policy) if config.content_policy else None)
         reasons = Counter(m["reasons"])
         for leak in m["handle_leaks"]:
             context.log.error(f"forum handle left in kept thread {leak}")
@@ -140,7 +157,15 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
             "turns": m["turns"],
             "ooc_policy": config.ooc_policy,
             "ooc_turns": m["ooc_turns"],
+            "attribution": config.attribution,
+            "posts_in": m["posts_in"],
             "unattributed_posts": m["unattributed_posts"],
+            "unattributed_posts_all_threads": m["unattributed_posts_all"],
+            "narrator_posts": m["narrator_posts"],
+            "narrator_policy": config.narrator_policy,
+            "reasoning_blocks_removed": m["reasoning_blocks_removed"],
+            "threads_with_marked_human": m["threads_with_marked_human"],
+            "minor_sexual_content": reasons["minor_sexual_content"],
             "ooc_remarks_removed": m["ooc_remarks_removed"],
             "posts_with_ooc": m["posts_with_ooc"],
             "empty_posts": m["empty_posts"],
@@ -153,15 +178,19 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
             "preview": dg.MetadataValue.md(md_table(m["preview"], ["thread_id", "first speaker", "first turn"])),
         }
 
-    built = build_or_reuse(context, lambda fp: store.dir_for("filtered_threads", fp, dump), inputs, build)
-    m = built.metadata
-    return built.result([
+    built = build_or_reuse(context, lambda fp: store.dir_for("filtered_threads", fp, dump), inputs, build,
+                           checks=filtered_checks)
+    return built.result()
+
+
+def filtered_checks(m: dict) -> list[dg.AssetCheckResult]:
+    return [
         dg.AssetCheckResult(check_name="threads_accounted_for",
                             passed=m["threads_kept"] + m["threads_rejected"] == m["threads_in"],
                             metadata={"in": m["threads_in"], "kept": m["threads_kept"], "rejected": m["threads_rejected"]}),
         dg.AssetCheckResult(check_name="no_forum_handles", passed=m["threads_with_handle_leaks"] == 0,
                             metadata={"threads_with_handle_leaks": m["threads_with_handle_leaks"]}),
-    ])
+    ]
 
 
 def sheet_rewriter(context: dg.AssetExecutionContext, config: PromptConfig,
@@ -191,11 +220,14 @@ def sheet_rewriter(context: dg.AssetExecutionContext, config: PromptConfig,
     return rewriter, rewriter.fingerprint()
 
 
-@dg.asset(group_name="data", kinds={"parquet"}, code_version=PROMPT_CODE, deps=[filtered_threads],
+@dg.asset(group_name="data", kinds={"parquet"}, code_version=DATA_STAGES_CODE, deps=[filtered_threads],
           partitions_def=dumps, automation_condition=follow_upstream_data(),
           check_specs=[dg.AssetCheckSpec("no_forum_handles", asset="augmented_prompts", blocking=True,
                                          description="No forum handle of the dump appears in any text column of "
-                                                     "any sample (system prompt, sheets, turn names and texts).")])
+                                                     "any sample (system prompt, sheets, turn names and texts)."),
+                       dg.AssetCheckSpec("no_human_turns_trained", asset="augmented_prompts", blocking=True,
+                                         description="No sample has a model turn spoken by the character the dump "
+                                                     "marks as the human user's (SillyTavern is_user).")])
 def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
                       store: ArtifactStore) -> dg.MaterializeResult:
     """Training samples: each character sheet rewritten into the uniform template, a system prompt naming the
@@ -210,7 +242,7 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
                             seed=config.seed, names=config.names)
     rewriter, rewriter_inputs = sheet_rewriter(context, config, store)
     template_files = {p: sha256_file(Path(p)) for p in (config.sheet_template, config.system_prompt_template) if p}
-    inputs = {"code": PROMPT_CODE, "config": config.model_dump(), "templates": template_files,
+    inputs = {"code": DATA_STAGES_CODE, "config": config.model_dump(), "templates": template_files,
               "sheet_rewriter": rewriter_inputs,
               "filtered_threads": filtered.data_version, "raw_threads_handles": raw.data_version}
 
@@ -218,7 +250,10 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
         sheet_template = SheetTemplate.load(config.sheet_template or None)
         system_template = load_system_template(config.system_prompt_template or None)
         m = run_augmented(filtered.path / "threads.parquet", raw.path / "threads.parquet", folder, sheet_template,
-                          system_template, options, sheet_rewriter=rewriter)
+                          system_template, options, sheet_rewriter=rewriter,
+                          authors_are_characters=filtered.metadata.get("attribution") == "author")
+        for sample_id in m["human_trained_samples"]:
+            context.log.error(f"sample {sample_id} trains turns of the character the dump marks as human")
         for leak in m["handle_leaks"]:
             context.log.error(f"forum handle left in sample {leak}")
         metadata = {
@@ -232,6 +267,8 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
             "model_turns": m["model_turns"],
             "ooc_user_turns": m["ooc_user_turns"],
             "samples_with_handle_leaks": m["samples_with_handle_leaks"],
+            "threads_with_marked_human": m["threads_with_marked_human"],
+            "samples_training_human_turns": m["samples_training_human_turns"],
             "system_prompt_example": dg.MetadataValue.md(f"```text\n{m['system_prompt_example']}\n```"),
         }
         if isinstance(rewriter, LLMSheetRewriter):
@@ -246,7 +283,16 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
                              "sheet_rewrite_values_dropped": stats["values_dropped"]})
         return metadata
 
-    built = build_or_reuse(context, lambda fp: store.dir_for("augmented_prompts", fp, dump), inputs, build)
-    leaks = built.metadata["samples_with_handle_leaks"]
-    return built.result([dg.AssetCheckResult(check_name="no_forum_handles", passed=leaks == 0,
-                                             metadata={"samples_with_handle_leaks": leaks})])
+    built = build_or_reuse(context, lambda fp: store.dir_for("augmented_prompts", fp, dump), inputs, build,
+                           checks=augmented_checks)
+    return built.result()
+
+
+def augmented_checks(m: dict) -> list[dg.AssetCheckResult]:
+    return [
+        dg.AssetCheckResult(check_name="no_forum_handles", passed=m["samples_with_handle_leaks"] == 0,
+                            metadata={"samples_with_handle_leaks": m["samples_with_handle_leaks"]}),
+        dg.AssetCheckResult(check_name="no_human_turns_trained", passed=m["samples_training_human_turns"] == 0,
+                            metadata={"samples_training_human_turns": m["samples_training_human_turns"],
+                                      "threads_with_marked_human": m["threads_with_marked_human"]}),
+    ]

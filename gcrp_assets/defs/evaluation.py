@@ -24,10 +24,7 @@ from gcrp_assets.lib.report import html_report, markdown_report
 from gcrp_assets.lib.tokenization import IGNORE, encode_rendered
 from gcrp_assets.lib.training_data import load_split
 
-EVAL_CODE = code_version("lib/evaluation.py", "lib/eval_metrics.py", "lib/speaker_selection.py", "lib/report.py",
-                         "lib/formats.py", "lib/training_data.py", "lib/precision.py", "lib/plots.py",
-                         "lib/model_card.py", "lib/sillytavern.py",
-                         "defs/evaluation.py")
+EVAL_CODE = code_version(__name__)  # every project file this module imports (lib.code_closure)
 
 # Roles whose teacher-forced loss is reported beside the model-turn loss (lib/evaluation.py, role_mask).
 REPORTED_ROLES = ("model_text", "model_name", "model_end", "user_text", "user_name", "user_end")
@@ -441,11 +438,13 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalConfig, store: Ar
             "report": dg.MetadataValue.md(markdown_report(summary, shown[:3], None)),
         }
 
-    built = build_or_reuse(context, lambda fp: store.dir_for("eval_report", fp), inputs, build,
+    def checks(m: dict) -> list[dg.AssetCheckResult]:
+        regression = m["model_turn_loss_adapter"] - m["model_turn_loss_base"]
+        return [dg.AssetCheckResult(
+            check_name="adapter_not_worse_than_base", passed=bool(regression <= config.loss_tolerance),
+            metadata={"loss_delta": regression, "tolerance": config.loss_tolerance})]
+
+    built = build_or_reuse(context, lambda fp: store.dir_for("eval_report", fp), inputs, build, checks=checks,
                            content_globs=("report.json",))
     context.log.info(f"eval report: {built.path / 'report.md'}")
-    m = built.metadata
-    regression = m["model_turn_loss_adapter"] - m["model_turn_loss_base"]
-    return built.result([dg.AssetCheckResult(
-        check_name="adapter_not_worse_than_base", passed=bool(regression <= config.loss_tolerance),
-        metadata={"loss_delta": regression, "tolerance": config.loss_tolerance})])
+    return built.result()

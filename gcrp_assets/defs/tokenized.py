@@ -23,8 +23,7 @@ from gcrp_assets.lib.split import assign_splits
 from gcrp_assets.lib.tables import md_table
 from gcrp_assets.lib.tokenization import IGNORE, check_no_trained_tokens_in_masked_turns, tokenize_samples
 
-TOKENIZE_CODE = code_version("lib/formats.py", "lib/tokenization.py", "lib/split.py", "lib/dedup.py",
-                             "lib/plots.py", "formats/*", "defs/tokenized.py")
+TOKENIZE_CODE = code_version(__name__)  # every project file this module imports (lib.code_closure)
 
 
 def selected_dumps(instance: dg.DagsterInstance, requested: list[str]) -> list[str]:
@@ -162,9 +161,13 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
             "preview": dg.MetadataValue.md("```text\n" + (rows[0]["text"][:1500] if rows else "") + "\n```"),
         }
 
-    built = build_or_reuse(context, lambda fp: store.dir_for("tokenized_parquet", fp), inputs, build)
-    m = built.metadata
-    return built.result([
+    built = build_or_reuse(context, lambda fp: store.dir_for("tokenized_parquet", fp), inputs, build,
+                           checks=tokenized_checks)
+    return built.result()
+
+
+def tokenized_checks(m: dict) -> list[dg.AssetCheckResult]:
+    return [
         dg.AssetCheckResult(check_name="one_bos_per_sample", passed=m["bad_bos_rows"] == 0,
                             metadata={"bad_rows": m["bad_bos_rows"]}),
         dg.AssetCheckResult(check_name="labels_are_model_turns", passed=m["bad_label_rows"] == 0,
@@ -177,4 +180,4 @@ def tokenized_parquet(context: dg.AssetExecutionContext, config: TokenizeConfig,
                                       "bad_tokens": m["masked_turn_leak_tokens"],
                                       "rows_not_retokenizing_to_their_ids": m["masked_turn_unchecked_rows"],
                                       "label_policy": m["label_policy"], "result": m["masked_turn_check"]}),
-    ])
+    ]

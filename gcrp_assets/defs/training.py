@@ -9,18 +9,18 @@ from pathlib import Path
 
 import dagster as dg
 
-from gcrp_assets.defs.artifacts import Built, build_or_reuse, code_version, load_built, read_manifest, upstream, write_manifest
+from gcrp_assets.defs.artifacts import Built, build_or_reuse, code_version, finish, read_manifest, reuse, upstream
 from gcrp_assets.defs.configs import TokenizeConfig
 from gcrp_assets.defs.training_config import LoraConfig
 from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource
 from gcrp_assets.lib.base_model import check_hf_model_dir, convert_gguf, model_dir_hash, packaged_gguf
 from gcrp_assets.lib.hashing import sha256_file, sha256_json, short
 from gcrp_assets.lib.recipes import format_problem, hardware_problems
+from gcrp_assets.lib.training_data import losses_are_finite
 
-BASE_MODEL_CODE = code_version("lib/base_model.py")
-TRAINER_CODE = code_version("trainer/*.py", "lib/training_data.py", "lib/formats.py", "lib/plots.py",
-                            "lib/tokenization.py", "lib/precision.py", "lib/recipes.py", "lib/packing.py",
-                            "lib/schedules.py")
+BASE_MODEL_CODE = code_version(__name__)
+TRAINER = "gcrp_assets.trainer.train"  # runs in its own process: its closure joins this module's
+TRAINER_CODE = code_version(__name__, TRAINER)
 # Settings that change how training runs, not what it produces; kept out of the fingerprint.
 _NOT_FINGERPRINTED = {"force", "launcher", "nproc_per_node", "logging_steps", "eval_steps", "eval_rows_in_training",
                       "recipe", "allow_cpu", "save_steps", "save_total_limit", "nnodes", "node_rank", "master_addr",
@@ -64,7 +64,7 @@ def trainer_command(config: "LoraConfig | dict") -> list[str]:
     """The command that runs the trainer module: one process, `torchrun`, or the `deepspeed` launcher;
     multi-node settings passed through (start the same command on every node with its `node_rank`)."""
     hp = config.resolved() if isinstance(config, LoraConfig) else config
-    module = "gcrp_assets.trainer.train"
+    module = TRAINER
     launcher, nproc, nnodes = hp["launcher"], hp["nproc_per_node"], hp["nnodes"]
     if launcher == "python":
         return [sys.executable, "-m", module]
@@ -102,7 +102,9 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
 @dg.asset(
     group_name="training", kinds={"pytorch", "peft"}, code_version=TRAINER_CODE, pool="gpu",
     deps=["tokenized_parquet", base_model],
-    check_specs=[dg.AssetCheckSpec("loss_is_finite", asset="lora_checkpoint", blocking=True)],
+    check_specs=[dg.AssetCheckSpec("loss_is_finite", asset="lora_checkpoint", blocking=True,
+                                   description="Every logged training and eval loss of the adapter is finite "
+                                               "(read from its stored loss_history.json, also on reuse).")],
 )
 def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store: ArtifactStore,
                     pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
@@ -129,12 +131,10 @@ def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store
                "trained_on_dumps": dg.MetadataValue.json(sorted(data_inputs.get("augmented_prompts", {}))),
                "upstream_versions": dg.MetadataValue.json(data_inputs)}
 
-    manifest = read_manifest(folder)
-    if manifest and manifest.get("fingerprint") == fingerprint and not config.force:
-        context.log.info(f"a finished adapter exists for fingerprint {short(fingerprint)}: reusing {folder}")
-        built = load_built(folder, manifest)
-        return built.result([dg.AssetCheckResult(check_name="loss_is_finite", passed=True,
-                                                 metadata={"reused": True})], **lineage)
+    checks = adapter_checks(folder)
+    reused = None if config.force else reuse(context, folder, fingerprint, checks)
+    if reused is not None:
+        return reused.result(**lineage)
 
     # Fail at once, before any process starts, when the recipe cannot run on this machine.
     cuda = _cuda_devices()
@@ -172,11 +172,23 @@ def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store
     invocation = pipes.run(context=context, command=trainer_command(resolved), extras=extras, env=env)
     results = invocation.get_results()
     materialization = next(r for r in results if isinstance(r, dg.MaterializeResult))
-    checks = [r for r in results if isinstance(r, dg.AssetCheckResult)]
     adapter_sha = str(materialization.data_version.value) if materialization.data_version else ""
     data_version = short(sha256_json({"fingerprint": fingerprint, "adapter": adapter_sha}), 24)
     metadata = dict(materialization.metadata or {})
-    write_manifest(folder, fingerprint, data_version, metadata, inputs)
-    shutil.rmtree(run_dir, ignore_errors=True)  # recorded: the checkpoints are no longer needed
-    built = Built(folder, data_version, fingerprint, False, metadata)
-    return built.result(checks, **lineage)
+    # The trainer reports loss_is_finite too; the asset computes it from the stored loss history, as on reuse.
+    built = finish(context, Built(folder, data_version, fingerprint, False, metadata), checks, inputs)
+    # Recorded, or failed its check: either way its checkpoints must not be resumed.
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return built.result(**lineage)
+
+
+def adapter_checks(folder: Path):
+    """loss_is_finite from the adapter's stored `loss_history.json` (fresh or reused alike)."""
+    def checks(metadata: dict) -> list[dg.AssetCheckResult]:
+        history_file = folder / "loss_history.json"
+        history = json.loads(history_file.read_text()) if history_file.is_file() else None
+        finite = history is not None and losses_are_finite(history)
+        return [dg.AssetCheckResult(check_name="loss_is_finite", passed=finite,
+                                    metadata={"logged_losses": len(history or []),
+                                              "source": "loss_history.json" if history is not None else "missing"})]
+    return checks

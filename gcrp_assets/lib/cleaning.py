@@ -10,6 +10,8 @@ on the thread so that nothing is silent:
 - `n_posts_with_ooc`: posts with at least one OOC remark (the numerator of the OOC share);
 - `n_ooc_remarks`: OOC remarks found;
 - `n_unattributed_posts`: posts no attribution rule could give a character;
+- `n_narrator_posts`: narrator/system messages of the source program (`narrator_policy` decides);
+- `n_reasoning_blocks`: LLM reasoning blocks (`<think>…</think>`) removed from posts;
 - `max_post_chars`: the longest in-character turn, in characters.
 
 A turn is `{"post_id", "character", "text", "kind"}`: `kind` is `ic` for roleplay, `ooc` for a
@@ -29,7 +31,12 @@ from gcrp_assets.lib.markup import to_text, valid_unicode
 from gcrp_assets.lib.ooc import OOC_POLICIES, format_ooc, split_ooc
 from gcrp_assets.lib.privacy import HandleScrubber
 
-COUNTERS = ("n_ooc_remarks", "n_ooc_posts", "n_posts_with_ooc", "n_empty_posts", "n_unattributed_posts")
+COUNTERS = ("n_ooc_remarks", "n_ooc_posts", "n_posts_with_ooc", "n_empty_posts", "n_unattributed_posts",
+            "n_narrator_posts", "n_reasoning_blocks")
+
+
+NARRATOR_POLICIES = ("skip", "ooc")
+ATTRIBUTION_MODES = ("contract", "author")
 
 
 @dataclass(frozen=True)
@@ -37,10 +44,25 @@ class CleaningOptions:
     drop_unattributed: bool = True  # an unattributed post cannot become a turn; it is counted either way
     ooc_policy: str = "strip"       # one of ooc.OOC_POLICIES
     min_post_chars: int = 10        # a post with fewer characters left is near-empty: counted, not a turn
+    # Narrator/system messages of the source program (SillyTavern `/sys`, `extra.type: narrator`): `skip` them
+    # (counted) or keep them as a name-less OOC turn, which every format renders as a user turn.
+    narrator_policy: str = "skip"
+    # `contract`: the raw-threads attribution rules (character field, the author's only character, a name
+    # header). `author`: the author column *is* the speaking character (play scripts, transcripts, chat logs);
+    # authors are then character names, not forum handles, and are not scrubbed.
+    attribution: str = "contract"
 
     def __post_init__(self) -> None:
         if self.ooc_policy not in OOC_POLICIES:
             raise ValueError(f"unknown OOC policy {self.ooc_policy!r}; choose one of {OOC_POLICIES}")
+        if self.narrator_policy not in NARRATOR_POLICIES:
+            raise ValueError(f"unknown narrator policy {self.narrator_policy!r}; choose one of {NARRATOR_POLICIES}")
+        if self.attribution not in ATTRIBUTION_MODES:
+            raise ValueError(f"unknown attribution mode {self.attribution!r}; choose one of {ATTRIBUTION_MODES}")
+
+    @property
+    def authors_are_characters(self) -> bool:
+        return self.attribution == "author"
 
 
 def dump_handles(threads: Iterable[dict]) -> tuple[set[str], set[str]]:
@@ -62,7 +84,7 @@ HANDLE_COLUMNS = ["posts.list.element.author", "posts.list.element.character",
                   "characters.list.element.name", "characters.list.element.player"]
 
 
-def dump_handles_arrow(batches: Iterable) -> tuple[set[str], set[str]]:
+def dump_handles_arrow(batches: Iterable, authors_are_characters: bool = False) -> tuple[set[str], set[str]]:
     """`dump_handles` over Arrow record batches of raw_threads read with `columns=HANDLE_COLUMNS`
     (e.g. `pyarrow.parquet.ParquetFile(path).iter_batches(columns=HANDLE_COLUMNS)`): no per-post Python
     objects, so a dump of any size is scanned in constant memory."""
@@ -73,7 +95,7 @@ def dump_handles_arrow(batches: Iterable) -> tuple[set[str], set[str]]:
     for batch in batches:
         posts = batch.column(batch.schema.get_field_index("posts")).flatten()
         characters = batch.column(batch.schema.get_field_index("characters")).flatten()
-        handles.update(pc.unique(posts.field("author")).to_pylist())
+        (names if authors_are_characters else handles).update(pc.unique(posts.field("author")).to_pylist())
         handles.update(pc.unique(characters.field("player")).to_pylist())
         names.update(pc.unique(characters.field("name")).to_pylist())
         names.update(pc.unique(posts.field("character")).to_pylist())
@@ -113,11 +135,20 @@ def clean_thread(thread: dict, scrubber: HandleScrubber, options: CleaningOption
     min_chars = max(1, options.min_post_chars)
     for post in posts:
         post_id = post.get("post_id")
-        text = to_text(post.get("text"))
+        text = to_text(post.get("text"), counts)
+        if (post.get("kind") or "ic") == "narrator":
+            counts["n_narrator_posts"] += 1
+            narration = scrubber.scrub(text, character_of) if text else ""
+            if options.narrator_policy == "ooc" and narration:
+                turns.append({"post_id": post_id, "character": None, "text": narration, "kind": "ooc"})
+            continue
         if not text:
             counts["n_empty_posts"] += 1
             continue
-        who = attribute(post.get("author") or "", _name(post.get("character")), text, characters_by_player)
+        character_field = _name(post.get("character"))
+        if options.authors_are_characters and not character_field:
+            character_field = _name(post.get("author"))
+        who = attribute(post.get("author") or "", character_field, text, characters_by_player)
         ooc = split_ooc(who.text)
         counts["n_ooc_remarks"] += len(ooc.remarks)
         counts["n_posts_with_ooc"] += bool(ooc.remarks)
@@ -150,16 +181,18 @@ def clean_thread(thread: dict, scrubber: HandleScrubber, options: CleaningOption
 
     ic_turns = [t for t in turns if t["kind"] == "ic"]
     sheets = {c["name"].casefold(): c.get("sheet") for c in raw_characters}
+    aliases = {c["name"].casefold(): [a for a in map(_name, c.get("aliases") or []) if a] for c in raw_characters}
     characters = []
     for name in dict.fromkeys(t["character"] for t in ic_turns if t["character"]):  # order of first appearance
         sheet = sheets.get(name.casefold())
         clean_sheet = scrubber.scrub(to_text(sheet), character_of) or None if sheet else None
-        characters.append({"name": name, "sheet": clean_sheet})
+        characters.append({"name": name, "sheet": clean_sheet, "aliases": aliases.get(name.casefold(), [])})
     return {
         "dump": thread.get("dump"),
         "thread_id": thread.get("thread_id"),
         "title": scrubber.scrub(to_text(thread.get("title") or ""), character_of) or None,
         "tags": [valid_unicode(str(t)) for t in thread.get("tags") or []],
+        "human": _name(thread.get("human")),
         "characters": characters,
         "turns": turns,
         "n_posts": len(posts),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gcrp_assets.lib import content_policy
 from gcrp_assets.lib.language import SCORERS, language_score
 
 
@@ -34,7 +35,13 @@ class FilterRules:
             raise ValueError(f"no language filter for {self.language!r}; use '' (off) or one of {sorted(SCORERS)}")
 
 
+# A raw post this many times longer than max_post_chars is rejected before it is cleaned: cleaning never
+# lengthens text by more than a few spaces, so such a post could not pass, and cleaning a 50 MB post would take
+# gigabytes. Posts between max_post_chars and this bound are cleaned first (markup may be most of their length).
+RAW_POST_SLACK = 4
+
 REASONS = {
+    **content_policy.REASONS,  # checked first (`stages.run_filtered`), so that it is always recorded
     "too_few_turns": "fewer roleplay turns than min_turns",
     "empty_posts": "enough posts, but too many were empty, near-empty or OOC-only to leave min_turns turns",
     "too_few_characters": "fewer speaking characters than min_characters",
@@ -52,12 +59,30 @@ def _share(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
+def raw_rejection_reason(thread: dict, rules: FilterRules) -> tuple[str, str] | None:
+    """What can be decided on the raw thread before cleaning it: a post far over max_post_chars."""
+    if not rules.max_post_chars:
+        return None
+    bound = rules.max_post_chars * RAW_POST_SLACK
+    longest = max((len(p.get("text") or "") for p in thread.get("posts") or []), default=0)
+    if longest > bound:
+        return "post_too_long", (f"a post of {longest} characters before cleaning (max {rules.max_post_chars} after "
+                                 f"cleaning; over {RAW_POST_SLACK}x that is rejected uncleaned)")
+    return None
+
+
 def rejection_reason(thread: dict, rules: FilterRules) -> tuple[str, str] | None:
     """(reason code, human detail) for a cleaned thread, or None to keep it."""
     turns = [t for t in thread["turns"] if t.get("kind", "ic") != "ooc"]
     n_turns = len(turns)
     n_characters = len(thread["characters"])
     n_posts = thread.get("n_posts") or 0
+    unattributed = _share(thread["n_unattributed_posts"], n_posts)
+    if n_turns < rules.min_turns and unattributed > rules.max_unattributed_share:
+        # The turns are missing because no character could be found for the posts: say so, not "0 turns".
+        return "too_many_unattributed", (f"{thread['n_unattributed_posts']} of {n_posts} posts unattributed "
+                                         f"({unattributed:.0%}), {n_turns} turns left; if the author column names "
+                                         "the speaking character (scripts, transcripts), use attribution 'author'")
     if n_turns < rules.min_turns:
         lost = thread["n_empty_posts"] + thread["n_ooc_posts"]
         if lost and n_turns + lost >= rules.min_turns:
@@ -71,7 +96,6 @@ def rejection_reason(thread: dict, rules: FilterRules) -> tuple[str, str] | None
     longest = thread.get("max_post_chars") or max((len(t["text"]) for t in turns), default=0)
     if rules.max_post_chars and longest > rules.max_post_chars:
         return "post_too_long", f"a post of {longest} characters (max {rules.max_post_chars})"
-    unattributed = _share(thread["n_unattributed_posts"], n_posts)
     if unattributed > rules.max_unattributed_share:
         return "too_many_unattributed", (f"{thread['n_unattributed_posts']} of {n_posts} posts unattributed "
                                          f"({unattributed:.0%} > {rules.max_unattributed_share:.0%})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,12 +32,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def sha256_tree(root: Path, patterns: Iterable[str] = ("**/*",)) -> str:
-    """Hash of every file under `root` (relative names and contents), in sorted order."""
+def sha256_tree(root: Path, patterns: Iterable[str] = ("**/*",), inside: Path | None = None) -> str:
+    """Hash of every file under `root` (relative names and contents), in sorted order.
+
+    Linked folders are not descended into (`Path.glob`); linked files are hashed by their content. With
+    `inside` (a folder), a file that resolves outside it through a link raises `ValueError` naming it
+    instead of being read: a dump in the inbox must not fingerprint (or read) files elsewhere on the
+    machine. Without it links are followed wherever they go (a Hugging Face snapshot links into its
+    blob store).
+    """
     digest = hashlib.sha256()
     files = sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()})
+    boundary = Path(os.path.realpath(inside)) if inside is not None else None
     for path in files:
-        digest.update(path.relative_to(root).as_posix().encode())
+        name = path.relative_to(root).as_posix()
+        if boundary is not None:
+            real = Path(os.path.realpath(path))
+            if real != boundary and not real.is_relative_to(boundary):
+                raise ValueError(f"{root.name}/{name}: a symbolic link to a place outside "
+                                 f"{boundary.name!r}; refused")
+        digest.update(name.encode())
         digest.update(b"\0")
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()

@@ -2,7 +2,9 @@
 the others with their uniform sheets, then the turns as `user` (the user's character) or `model`
 (everyone else), each with its speaker's name. Turn text is kept exactly as cleaned.
 
-Which character the human plays (`user_character`):
+Which character the human plays: when the dump says (the thread's `human`, e.g. SillyTavern's `is_user`
+persona), always that character, one sample, whatever the strategy: training the human's own turns as
+model turns would teach the model to write for the user. Otherwise `user_character` decides:
 
 - `starter`: the thread's first speaker (one sample per thread);
 - `each`: every speaking character in turn, in order of first appearance, at most `max_variants`
@@ -74,9 +76,29 @@ def _is_ooc(turn: dict) -> bool:
     return turn.get("kind") == "ooc"
 
 
+def human_turns_trained(sample: dict, human: str | None, aliases: dict[str, str] | None = None) -> int:
+    """Model turns of `sample` spoken by the character the dump marks as human (by real name): must be 0."""
+    if not human:
+        return 0
+    real = json.loads(sample["name_map"]) if sample.get("name_map") else {}
+    aliases = aliases or {}
+    count = 0
+    for turn in sample["turns"]:
+        name = real.get(turn.get("name"), turn.get("name"))
+        if turn["role"] == "model" and aliases.get(name, name) == human:
+            count += 1
+    return count
+
+
 def speaking_characters(thread: dict) -> list[str]:
     """Characters with at least one roleplay turn, in order of first appearance."""
     return list(dict.fromkeys(t["character"] for t in thread["turns"] if t.get("character") and not _is_ooc(t)))
+
+
+def marked_human(thread: dict) -> str | None:
+    """The speaking character the dump marks as the human user's, or None when the dump does not say."""
+    human = thread.get("human")
+    return human if human and human in speaking_characters(thread) else None
 
 
 def choose_user_characters(thread: dict, strategy: str, max_variants: int = 3, seed: int = 0) -> list[str]:
@@ -85,6 +107,9 @@ def choose_user_characters(thread: dict, strategy: str, max_variants: int = 3, s
         raise ValueError(f"unknown user-character strategy {strategy!r}; choose one of {USER_CHARACTER_STRATEGIES}")
     if not speakers:
         return []
+    human = marked_human(thread)
+    if human:
+        return [human]
     if strategy == "starter":
         return speakers[:1]
     if strategy == "each":
@@ -113,6 +138,8 @@ def build_samples(thread: dict, sheet_template: SheetTemplate, system_template: 
         sheets.setdefault(name, sheet_rewriter(name, None, sheet_template))
     key = thread_key(thread["dump"], thread["thread_id"])
     chosen = choose_user_characters(thread, options.user_character, options.max_variants, options.seed)
+    human = marked_human(thread)
+    aliases = {alias: c["name"] for c in thread["characters"] for alias in c.get("aliases") or []}
     samples = []
     for variant, user_name in enumerate(chosen):
         slots = placeholders(user_name, speakers)
@@ -140,5 +167,7 @@ def build_samples(thread: dict, sheet_template: SheetTemplate, system_template: 
             "turns": turns,
             "sheets": json.dumps(sheets, ensure_ascii=False, sort_keys=True),
             "name_map": json.dumps({p: n for n, p in slots.items()}, ensure_ascii=False, sort_keys=True),
+            "human_marked": human is not None and user_name == human,
+            "aliases": json.dumps(aliases, ensure_ascii=False, sort_keys=True),
         })
     return samples

@@ -35,10 +35,10 @@ from gcrp_assets.lib import schemas
 from gcrp_assets.lib.cleaning import HANDLE_COLUMNS, CleaningOptions, clean_thread, dump_handles_arrow, ic_turns
 from gcrp_assets.lib.dedup import DedupConfig, Duplicate, SignatureStore
 from gcrp_assets.lib.dumps import iter_dump
-from gcrp_assets.lib.filters import FilterRules, rejection_reason
+from gcrp_assets.lib.filters import FilterRules, raw_rejection_reason, rejection_reason
 from gcrp_assets.lib.parquet import BATCH_ROWS, RowWriter, iter_rows
 from gcrp_assets.lib.privacy import HandleScrubber
-from gcrp_assets.lib.prompts import PromptOptions, build_samples
+from gcrp_assets.lib.prompts import PromptOptions, build_samples, human_turns_trained
 from gcrp_assets.lib.sheets import SheetRewriter, SheetTemplate, normalize_sheet
 from gcrp_assets.lib.tables import clip
 
@@ -91,53 +91,65 @@ def reject_json(thread: dict) -> str:
     return json.dumps(thread, ensure_ascii=False, sort_keys=True, default=str)
 
 
-def filter_reject(thread: dict, reason: str, detail: str) -> dict:
-    """A rejects row of filtered_threads: the raw thread kept whole, with its reason code."""
+def filter_reject(thread: dict, reason: str, detail: str, evidence: list[str] | None = None) -> dict:
+    """A rejects row of filtered_threads: the raw thread kept whole, with its reason code (and, for a content
+    rule, what it matched)."""
     dump = thread["dump"]
-    return {"dump": dump, "line": thread["line"], "thread_id": thread["thread_id"], "stage": "filtered_threads",
-            "reason": reason, "detail": f"{dump}:{thread['line']}: thread {thread['thread_id']}: {detail}",
-            "record": reject_json(thread)}
+    where = f"{dump}/{thread['file']}" if thread["file"] != dump else dump
+    return {"dump": dump, "file": thread["file"], "line": thread["line"], "thread_id": thread["thread_id"],
+            "stage": "filtered_threads", "reason": reason,
+            "detail": f"{where}:{thread['line']}: thread {thread['thread_id']}: {detail}",
+            "record": reject_json(thread),
+            "evidence": json.dumps(evidence, ensure_ascii=False) if evidence else None}
 
 
-def raw_scrubber(raw_path: Path, batch: int = BATCH_ROWS) -> HandleScrubber:
+def raw_scrubber(raw_path: Path, batch: int = BATCH_ROWS, authors_are_characters: bool = False) -> HandleScrubber:
     """Every handle of the dump (post authors, character players; character names protected), read from
-    raw_threads' handle and name columns only, so the post texts are never loaded."""
+    raw_threads' handle and name columns only, so the post texts are never loaded. With
+    `authors_are_characters` (attribution mode `author`) the authors are character names, not handles."""
     batches = pq.ParquetFile(raw_path).iter_batches(batch_size=batch * 8, columns=HANDLE_COLUMNS)
-    handles, names = dump_handles_arrow(batches)
+    handles, names = dump_handles_arrow(batches, authors_are_characters)
     return HandleScrubber(handles, protected_names=names)
 
 
-_CANDIDATE_SCHEMA = schemas.FILTERED_THREADS.append(pa.field("line", pa.int64()))
+# Work files carry the raw thread's position (`seq`) so that rejects come out in dump order; a thread is found
+# again by its thread_id, which raw_threads keeps unique within the dump (`(file, line)` alone is not:
+# every chat file of a SillyTavern export has its own line 1).
+_SEQ = pa.field("seq", pa.int64())
+_CANDIDATE_SCHEMA = schemas.FILTERED_THREADS.append(_SEQ)
+_SEQ_REJECTS = schemas.REJECTS.append(_SEQ)
 
 
-def _raw_rows_at(raw_path: Path, lines: set[int]) -> Iterator[dict]:
-    """The raw threads whose `line` is in `lines`, in file order, reading only the row groups holding them."""
-    if not lines:
+def _raw_rows_of(raw_path: Path, thread_ids: set[str]) -> Iterator[dict]:
+    """The raw threads whose `thread_id` is in `thread_ids`, in file order, reading only the row groups holding them."""
+    if not thread_ids:
         return
     raw = pq.ParquetFile(raw_path)
-    wanted = pa.array(sorted(lines), pa.int64())
+    wanted = pa.array(sorted(thread_ids), pa.string())
     for group in range(raw.metadata.num_row_groups):
-        mask = pc.is_in(raw.read_row_group(group, columns=["line"]).column("line"), value_set=wanted)
+        mask = pc.is_in(raw.read_row_group(group, columns=["thread_id"]).column("thread_id"), value_set=wanted)
         if pc.any(mask).as_py():
             yield from raw.read_row_group(group).filter(mask).to_pylist()
 
 
 def run_filtered(raw_path: Path, folder: Path, rules: FilterRules = FilterRules(),
                  options: CleaningOptions = CleaningOptions(), dedup: DedupConfig = DedupConfig(),
-                 batch: int = BATCH_ROWS) -> dict:
+                 batch: int = BATCH_ROWS, policy: Callable[[dict], object | None] | None = None) -> dict:
     """raw_threads' `threads.parquet` -> kept `threads.parquet` (FILTERED_THREADS) + `rejects.parquet` in `folder`.
 
-    Passes: (1) the dump's handles (scrubber); (2) each raw thread cleaned (`clean_thread`) and
-    filtered (`rejection_reason`): a reject is written at once, a candidate goes to a temporary
-    Parquet file and its dedup signature to a `SignatureStore` (MinHash rows spilled to disk);
-    then `resolve` names the exact and near duplicates (earliest thread_id kept); (3) the candidates
-    that are no duplicate are written, counted and checked for handle leaks; the duplicates' raw
-    threads are read back (only the row groups holding them) as rejects. The rejects file is the
-    filter rejects and the duplicate rejects merged by `line` (the order of a stable sort by line).
+    Passes: (1) the dump's handles (scrubber); (2) each raw thread checked for what needs no cleaning
+    (`raw_rejection_reason`), cleaned (`clean_thread`), checked by the content policy when `policy` is given
+    (a callable returning None or an object with `reason`, `detail` and `evidence`, e.g.
+    `content_policy.check_thread` bound to a loaded policy), then filtered (`rejection_reason`): a reject is written at once, a candidate goes to a temporary Parquet file and its dedup
+    signature to a `SignatureStore` (MinHash rows spilled to disk); then `resolve` names the exact and near
+    duplicates (earliest thread_id kept); (3) the candidates that are no duplicate are written, counted and
+    checked for handle leaks; the duplicates' raw threads are read back (only the row groups holding them)
+    as rejects. The rejects file is the filter rejects and the duplicate rejects merged in dump order.
     """
-    scrubber = raw_scrubber(raw_path, batch)
+    scrubber = raw_scrubber(raw_path, batch, options.authors_are_characters)
     sign = dedup.exact or dedup.near
     reasons: Counter[str] = Counter()
+    seen: Counter[str] = Counter()  # over every thread read, kept or not
     n_in = 0
     kept = RowWriter(folder / "threads.parquet", schemas.FILTERED_THREADS, batch)
     rejects = RowWriter(folder / "rejects.parquet", schemas.REJECTS, batch)
@@ -145,49 +157,64 @@ def run_filtered(raw_path: Path, folder: Path, rules: FilterRules = FilterRules(
         work = Path(work_dir)
         store = SignatureStore(dedup, spill_dir=work) if sign else None
         try:
-            with RowWriter(work / "filter_rejects.parquet", schemas.REJECTS, batch) as filter_rejects, \
+            with RowWriter(work / "filter_rejects.parquet", _SEQ_REJECTS, batch) as filter_rejects, \
                     RowWriter(work / "candidates.parquet", _CANDIDATE_SCHEMA, batch) as candidates:
-                for thread in iter_rows(raw_path, batch=batch):  # pass 2
+                for seq, thread in enumerate(iter_rows(raw_path, batch=batch)):  # pass 2
                     n_in += 1
-                    cleaned = clean_thread(thread, scrubber, options)
-                    verdict = rejection_reason(cleaned, rules)
+                    seen["posts"] += len(thread["posts"])
+                    verdict = raw_rejection_reason(thread, rules)
+                    evidence = None
+                    if not verdict:
+                        cleaned = clean_thread(thread, scrubber, options)
+                        for counter in ("n_unattributed_posts", "n_narrator_posts", "n_reasoning_blocks"):
+                            seen[counter] += cleaned[counter]
+                        # The content policy first, so that a thread it catches is recorded as such even
+                        # when another filter would also drop it.
+                        violation = policy(cleaned) if policy is not None else None
+                        if violation is not None:
+                            verdict, evidence = (violation.reason, violation.detail), violation.evidence
+                        else:
+                            verdict = rejection_reason(cleaned, rules)
                     if verdict:
                         reasons[verdict[0]] += 1
-                        filter_rejects.add(filter_reject(thread, *verdict))
+                        filter_rejects.add({**filter_reject(thread, *verdict, evidence=evidence), "seq": seq})
                         continue
                     if store is not None:
                         store.add(thread["dump"], thread["thread_id"], cleaned)
-                    candidates.add({**cleaned, "line": thread["line"]})
+                    candidates.add({**cleaned, "seq": seq})
             duplicates: dict[str, Duplicate] = {d.thread_id: d for d in store.resolve()} if store else {}
         finally:
             if store is not None:
                 store.close()
 
         summary = _KeptSummary(scrubber)
-        dup_lines: dict[int, Duplicate] = {}
+        dup_seq: dict[str, int] = {}
         try:
             for row in iter_rows(work / "candidates.parquet", batch=batch):  # pass 3
-                line = row.pop("line")
+                seq = row.pop("seq")
                 duplicate = duplicates.get(row["thread_id"])
                 if duplicate is not None:
-                    dup_lines[line] = duplicate
+                    dup_seq[row["thread_id"]] = seq
                     reasons[duplicate.reason] += 1
                     continue
                 kept.add(row)
                 summary.add(row)
-            with RowWriter(work / "duplicate_rejects.parquet", schemas.REJECTS, batch) as dup_rejects:
-                for thread in _raw_rows_at(raw_path, set(dup_lines)):
-                    duplicate = dup_lines[thread["line"]]
-                    dup_rejects.add(filter_reject(thread, duplicate.reason, duplicate.detail))
-            rejects.extend(heapq.merge(iter_rows(work / "filter_rejects.parquet", batch=batch),
-                                       iter_rows(work / "duplicate_rejects.parquet", batch=batch),
-                                       key=lambda r: r["line"]))
+            with RowWriter(work / "duplicate_rejects.parquet", _SEQ_REJECTS, batch) as dup_rejects:
+                for thread in _raw_rows_of(raw_path, set(dup_seq)):
+                    duplicate = duplicates[thread["thread_id"]]
+                    dup_rejects.add({**filter_reject(thread, duplicate.reason, duplicate.detail),
+                                     "seq": dup_seq[thread["thread_id"]]})
+            merged = heapq.merge(iter_rows(work / "filter_rejects.parquet", batch=batch),
+                                 iter_rows(work / "duplicate_rejects.parquet", batch=batch), key=lambda r: r["seq"])
+            rejects.extend({k: v for k, v in row.items() if k != "seq"} for row in merged)
         except BaseException:
             kept.abort()
             rejects.abort()
             raise
     n_kept, n_rejected = kept.close(), rejects.close()
     return {"threads_in": n_in, "threads_kept": n_kept, "threads_rejected": n_rejected, "reasons": dict(reasons),
+            "posts_in": seen["posts"], "unattributed_posts_all": seen["n_unattributed_posts"],
+            "narrator_posts": seen["n_narrator_posts"], "reasoning_blocks_removed": seen["n_reasoning_blocks"],
             **summary.stats()}
 
 
@@ -211,6 +238,7 @@ class _KeptSummary:
         t["posts_with_ooc"] += thread["n_posts_with_ooc"]
         t["empty_posts"] += thread["n_empty_posts"]
         self.characters[len(thread["characters"])] += 1
+        t["threads_with_marked_human"] += bool(thread.get("human"))
         texts = [turn["text"] for turn in thread["turns"]] + [c["sheet"] or "" for c in thread["characters"]]
         texts.append(thread["title"] or "")
         if self.scrubber.find("\n".join(texts)):  # one scan; the newline keeps every text's word boundaries
@@ -219,7 +247,8 @@ class _KeptSummary:
             self.preview.append((thread["thread_id"], ic[0]["character"], clip(ic[0]["text"], 140)))
 
     def stats(self) -> dict:
-        keys = ("turns", "ooc_turns", "unattributed_posts", "ooc_remarks_removed", "posts_with_ooc", "empty_posts")
+        keys = ("turns", "ooc_turns", "unattributed_posts", "ooc_remarks_removed", "posts_with_ooc", "empty_posts",
+                "threads_with_marked_human")
         return {**{k: self.totals[k] for k in keys}, "threads_with_handle_leaks": len(self.leaks),
                 "handle_leaks": self.leaks[:LISTED_REJECTS], "characters_per_thread": sorted(self.characters.items()),
                 "preview": self.preview}
@@ -238,22 +267,31 @@ def sample_texts(sample: dict) -> list[str]:
 
 def run_augmented(filtered_path: Path, raw_path: Path, folder: Path, sheet_template: SheetTemplate,
                   system_template, options: PromptOptions = PromptOptions(),
-                  sheet_rewriter: SheetRewriter = normalize_sheet, batch: int = BATCH_ROWS) -> dict:
+                  sheet_rewriter: SheetRewriter = normalize_sheet, batch: int = BATCH_ROWS,
+                  authors_are_characters: bool = False) -> dict:
     """filtered_threads' `threads.parquet` -> `samples.parquet` (SAMPLES) in `folder`, one thread at a time.
 
     Every sample's text columns are scanned for every handle of the dump (from `raw_path`, raw_threads'
-    handle columns only) as it is written: `samples_with_handle_leaks` must be 0.
+    handle columns only) as it is written: `samples_with_handle_leaks` must be 0. Every sample is also
+    checked against its thread's `human` (the character the dump marks as the human user's):
+    `samples_training_human_turns` (samples with a model turn spoken by that character) must be 0.
     """
-    scrubber = raw_scrubber(raw_path, batch)
+    scrubber = raw_scrubber(raw_path, batch, authors_are_characters)
     roles: Counter[str] = Counter()
-    threads = ooc_user_turns = 0
+    threads = ooc_user_turns = threads_with_human = 0
     leaks: list[str] = []
+    human_trained: list[str] = []
     example = None
     with RowWriter(folder / "samples.parquet", schemas.SAMPLES, batch) as samples:
         for thread in iter_rows(filtered_path, batch=batch):
             threads += 1
+            human = thread.get("human")
+            threads_with_human += bool(human)
+            aliases = {a: c["name"] for c in thread["characters"] for a in c.get("aliases") or []}
             for sample in build_samples(thread, sheet_template, system_template, options=options,
                                         sheet_rewriter=sheet_rewriter):
+                if human_turns_trained(sample, aliases.get(human, human), aliases):
+                    human_trained.append(sample["sample_id"])
                 samples.add(sample)
                 example = sample["system"] if example is None else example
                 for turn in sample["turns"]:
@@ -265,4 +303,6 @@ def run_augmented(filtered_path: Path, raw_path: Path, folder: Path, sheet_templ
     return {"samples": n, "threads": threads, "samples_per_thread": round(n / max(threads, 1), 3),
             "user_turns": roles["user"], "model_turns": roles["model"], "ooc_user_turns": ooc_user_turns,
             "samples_with_handle_leaks": len(leaks), "handle_leaks": sorted(leaks)[:LISTED_REJECTS],
+            "threads_with_marked_human": threads_with_human, "samples_training_human_turns": len(human_trained),
+            "human_trained_samples": sorted(human_trained)[:LISTED_REJECTS],
             "system_prompt_example": example or ""}

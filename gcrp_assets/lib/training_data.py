@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -36,3 +38,10 @@ def collate(rows: list[dict], pad_id: int) -> dict:
         labels[i, :n] = torch.tensor(row["labels"], dtype=torch.long)
         attention[i, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def losses_are_finite(history: list[dict]) -> bool:
+    """Every logged training (`loss`) and eval (`eval_loss`) loss of a Trainer log history is finite, and
+    at least one was logged."""
+    losses = [h[k] for h in history for k in ("loss", "eval_loss") if k in h]
+    return bool(losses) and all(isinstance(x, (int, float)) and math.isfinite(x) for x in losses)

@@ -20,7 +20,6 @@ again with the same fingerprint resumes from the newest one and ends at the same
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import shutil
@@ -54,7 +53,7 @@ def run(pipes: PipesContext | None) -> None:
     from gcrp_assets.lib.precision import resolve_precision
     from gcrp_assets.lib.recipes import deepspeed_config, format_problem, hardware_problems
     from gcrp_assets.lib.schedules import accumulation_steps, scheduler_kwargs, steps_per_epoch, total_steps
-    from gcrp_assets.lib.training_data import data_formats, load_split
+    from gcrp_assets.lib.training_data import data_formats, load_split, losses_are_finite
 
     log = pipes.log if pipes else _RankLogger()
     # Every rank needs the arguments; only rank 0 opens the Pipes channel, so they also travel by env.
@@ -319,7 +318,7 @@ def run(pipes: PipesContext | None) -> None:
     metadata = {**metrics,
                 "loss_table": {"raw_value": _loss_table(history), "type": "md"},
                 "loss_curve": {"raw_value": markdown_image(png, "loss curve"), "type": "md"}}
-    finite = all(math.isfinite(x) for x in train_losses + evals)
+    finite = losses_are_finite(history)
     if pipes:
         pipes.report_asset_check(check_name="loss_is_finite", passed=finite, severity="ERROR",
                                  metadata={"final_train_loss": metadata["final_train_loss"]})
