@@ -298,3 +298,33 @@ def test_bad_dump_is_rejected_or_fails_naming_file_and_line(outcomes, name):
     for line, words in expect.get("detail_has", {}).items():
         for word in words:
             assert word in by_line[line]["detail"], by_line[line]["detail"]
+
+
+def test_max_record_bytes_of_a_run_reaches_every_layout(tmp_path):
+    """run_raw's max_record_bytes (raw_threads' config) is what every reader enforces during that run."""
+    from gcrp_assets.lib.parquet import read_rows
+    from gcrp_assets.lib.stages import run_raw
+    from gcrp_assets_tests import st_fixtures as st
+
+    long_post = {"thread_id": "long", "posts": [{"author": "a", "text": "x" * 5000}]}
+    short_post = {"thread_id": "short", "posts": [{"author": "a", "text": "fine"}]}
+    jsonl = tmp_path / "inbox" / "d.jsonl"
+    jsonl.parent.mkdir()
+    jsonl.write_text(json.dumps(long_post) + "\n" + json.dumps(short_post) + "\n")
+    table = tmp_path / "inbox" / "t.csv"
+    table.write_text("thread_id,author,message\nlong,a," + "y" * 5000 + "\nshort,a,fine\n")
+    folder = st.build_data_folder(tmp_path / "inbox", "current")
+    for dump, expected_kept in ((jsonl, 1), (table, 1)):
+        out = tmp_path / f"out-{dump.name}"
+        out.mkdir()
+        m = run_raw(dump, out, max_record_bytes=1000)
+        assert (m["threads"], m["rejected_lines"]) == (expected_kept, 1)
+        [reject] = read_rows(out / "rejects.parquet")
+        assert reject["reason"] == "record_too_large"
+        out_default = tmp_path / f"default-{dump.name}"
+        out_default.mkdir()
+        assert run_raw(dump, out_default)["rejected_lines"] == 0  # the default limit is back after the run
+    out = tmp_path / "out-st"
+    out.mkdir()
+    m = run_raw(folder.path, out, max_record_bytes=100)  # every chat has a message line longer than 100 bytes
+    assert m["threads"] == 0 and {r["reason"] for r in read_rows(out / "rejects.parquet")} == {"record_too_large"}

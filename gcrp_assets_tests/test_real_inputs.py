@@ -151,3 +151,57 @@ def test_rpguild_forum_table_through_the_data_stages(tmp_path):
     [sample] = out["samples"]
     assert sample["user_character"] == "Mira Vell" and not sample["human_marked"]  # no human marked: starter
     assert not any(h in json.dumps(sample) for h in ("nightowl_77", "quill&ink", "sunmote"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A TV transcript as R's readr::write_csv writes the `friends` data set (EmilHvitfeldt/friends: one utterance
+# per row, columns text, speaker, season, episode, scene, utterance; quotes only where a field needs them,
+# doubled inside; `\n` line ends; missing values as NA). A speaker per row, no thread column, no sheets.
+
+FRIENDS = [
+    ("There's nothing to tell! He's just some guy I work with!", "Monica Geller", 1, 1, 1, 1),
+    ("C'mon, you're going out with the guy! There's gotta be something wrong with him!", "Joey Tribbiani", 1, 1, 1, 2),
+    ("All right Joey, be nice. So does he have a hump? A hump and a hairpiece?", "Chandler Bing", 1, 1, 1, 3),
+    ("Wait, does he eat chalk?", "Phoebe Buffay", 1, 1, 1, 4),
+    ("Just, 'cause, I don't want her to go through what I went through with Carl- oh!", "Phoebe Buffay", 1, 1, 1, 5),
+    ("Okay, everybody relax. This is not even a date. It's just two people going out to dinner and- not having sex.",
+     "Monica Geller", 1, 1, 1, 6),
+    ("Sounds like a date to me.", "Chandler Bing", 1, 1, 1, 7),
+    ("\"Hi.\" Barry, that's all I said.", "Rachel Green", 1, 1, 2, 1),
+    ("Oh God, that's so sweet, Rach.", "Monica Geller", 1, 1, 2, 2),
+]
+
+
+def write_friends_csv(path: Path) -> Path:
+    def field(value) -> str:
+        text = str(value)
+        return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+    lines = ["text,speaker,season,episode,scene,utterance"]
+    lines += [",".join(field(v) for v in row) for row in FRIENDS]
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    return path
+
+
+def test_transcript_needs_the_author_attribution_mode_and_says_so(tmp_path):
+    path = write_friends_csv(tmp_path / "friends.csv")
+    rules = FilterRules(min_turns=2)
+    out = run_stages(path, tmp_path / "contract", rules)
+    assert_accounted(out)
+    assert [t["thread_id"] for t in out["threads"]] == ["season 1 episode 1 scene 1", "season 1 episode 1 scene 2"]
+    assert out["filtered"]["threads_kept"] == 0
+    assert {r["reason"] for r in out["rejects"]} == {"too_many_unattributed"}
+    assert all("attribution 'author'" in r["detail"] for r in out["rejects"])
+    assert out["filtered"]["unattributed_posts_all"] == len(FRIENDS)  # counted over every thread, none kept
+
+    out = run_stages(path, tmp_path / "author", rules, CleaningOptions(attribution="author"))
+    assert_accounted(out)
+    assert out["filtered"]["threads_kept"] == 2 and out["filtered"]["unattributed_posts_all"] == 0
+    scene_1 = out["kept"][0]
+    assert [c["name"] for c in scene_1["characters"]] == ["Monica Geller", "Joey Tribbiani", "Chandler Bing",
+                                                          "Phoebe Buffay"]
+    assert [(t["character"], t["text"]) for t in scene_1["turns"]] == [(r[1], r[0]) for r in FRIENDS[:7]]
+    scene_2 = out["kept"][1]
+    assert scene_2["turns"][0]["text"] == "\"Hi.\" Barry, that's all I said."  # quotes and names kept whole
+    assert out["augmented"]["samples_with_handle_leaks"] == 0
+    assert out["samples"][0]["user_character"] == "Monica Geller"

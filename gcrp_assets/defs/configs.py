@@ -5,6 +5,13 @@ import dagster as dg
 from pydantic import Field
 
 from gcrp_assets.defs.training_config import LoraConfig  # noqa: F401  (re-exported: one place to import configs)
+from gcrp_assets.lib.dumps import MAX_RECORD_BYTES
+
+
+class RawConfig(dg.Config):
+    max_record_bytes: int = Field(MAX_RECORD_BYTES, description="Largest record read (a JSONL line, a chat message "
+                                                          "line, a table row or thread, a card): a longer one is "
+                                                          "rejected record_too_large without being held in memory.")
 
 
 class FilterConfig(dg.Config):

@@ -14,7 +14,7 @@ import dagster as dg
 
 from gcrp_assets.defs.artifacts import build_or_reuse, code_version, upstream
 from gcrp_assets.defs.automation import follow_upstream_data
-from gcrp_assets.defs.configs import FilterConfig, PromptConfig
+from gcrp_assets.defs.configs import FilterConfig, PromptConfig, RawConfig
 from gcrp_assets.defs.partitions import dumps
 from gcrp_assets.defs.resources import ArtifactStore, DumpInbox
 from gcrp_assets.lib.cleaning import CleaningOptions
@@ -42,17 +42,20 @@ DATA_STAGES_CODE = code_version(__name__)
                                    description="The dump yielded at least one thread (an empty dump is allowed "
                                                "but said).")],
 )
-def raw_threads(context: dg.AssetExecutionContext, inbox: DumpInbox, store: ArtifactStore) -> dg.MaterializeResult:
+def raw_threads(context: dg.AssetExecutionContext, config: RawConfig, inbox: DumpInbox,
+                store: ArtifactStore) -> dg.MaterializeResult:
     """One dump (this partition) read into the canonical thread table, whatever its layout (canonical thread
     JSONL, CSV/TSV/Parquet post table, SillyTavern export folder, recognised by content); malformed records go
     to rejects with file and line. A dump that cannot be read at all fails the run with an error naming it."""
     dump = context.partition_key
     path = inbox.dump_path(dump)  # a name in the inbox, never a path out of it (lib.inbox)
-    inputs = {"code": DATA_STAGES_CODE, "dump": dump, "dump_sha256": dump_digest(path, inbox=inbox.folder())}
+    inputs = {"code": DATA_STAGES_CODE, "config": config.model_dump(), "dump": dump,
+              "dump_sha256": dump_digest(path, inbox=inbox.folder())}
 
     def build(folder: Path) -> dict:
         try:
-            m = run_raw(path, folder, on_reject=lambda r: context.log.warning(f"rejected {r['detail']}"))
+            m = run_raw(path, folder, on_reject=lambda r: context.log.warning(f"rejected {r['detail']}"),
+                        max_record_bytes=config.max_record_bytes)
         except DumpReadError as exc:
             raise dg.Failure(str(exc)) from exc
         more = m["rejected_lines"] - len(m["rejects_listed"])
@@ -66,7 +69,7 @@ def raw_threads(context: dg.AssetExecutionContext, inbox: DumpInbox, store: Arti
             "lines": m["lines"],
             "records_read": m["records_read"],
             "ooc_rows": m["ooc_rows"],
-            "system_messages_skipped": m["system_messages_skipped"],
+            "system_messages": m["system_messages"],
             "threads": m["threads"],
             "rejected_lines": m["rejected_lines"],
             "posts": m["posts"],

@@ -16,6 +16,8 @@ This module also owns the contract's primitives that every importer shares (`Dum
 from __future__ import annotations
 
 import gzip
+from contextlib import contextmanager
+from contextvars import ContextVar
 import json
 import sys
 import zlib
@@ -219,6 +221,23 @@ def read_canonical_jsonl(path: Path) -> DumpContents:
 
 
 MAX_RECORD_BYTES = 16 * 2**20  # one record (a JSONL line, a chat message line): longer is `record_too_large`
+_RUN_RECORD_LIMIT: ContextVar[int | None] = ContextVar("max_record_bytes", default=None)
+
+
+def record_limit() -> int:
+    """max_record_bytes in force: the run's (`limit_records`), else MAX_RECORD_BYTES."""
+    return _RUN_RECORD_LIMIT.get() or MAX_RECORD_BYTES
+
+
+@contextmanager
+def limit_records(max_record_bytes: int | None):
+    """Every reader inside the block (all layouts) enforces `max_record_bytes` (None: the default)."""
+    token = _RUN_RECORD_LIMIT.set(max_record_bytes)
+    try:
+        yield
+    finally:
+        _RUN_RECORD_LIMIT.reset(token)
+
 # Decompressed bytes allowed per compressed byte of a `.gz` dump, past the first MAX_RECORD_BYTES: real text
 # compresses 3-10x; a compression bomb 1000x. Past it the dump stops being read (`decompression_limit`).
 MAX_EXPANSION_RATIO = 200
@@ -279,7 +298,7 @@ class LineSource:
 
     def __init__(self, path: Path, max_record_bytes: int | None = None, max_expansion_ratio: float | None = None,
                  *, head_bytes: int = 0, count: bytes | None = None, keep_newline: bool = False):
-        self.limit = max_record_bytes or MAX_RECORD_BYTES
+        self.limit = max_record_bytes or record_limit()
         self.ratio = max_expansion_ratio or MAX_EXPANSION_RATIO
         self.head_bytes, self.count, self.keep_newline = head_bytes, count, keep_newline
         try:
@@ -570,7 +589,7 @@ def _first_line(path: Path, max_bytes: int | None = None) -> bytes | None:
     """The first non-blank line of a (possibly gzipped) text file, or None if there is none, it cannot be
     read (the reader proper then reports why, with the line), or it is longer than `max_bytes` (default
     MAX_RECORD_BYTES; never read whole: the reader proper rejects it as `record_too_large`)."""
-    limit = max_bytes or MAX_RECORD_BYTES
+    limit = max_bytes or record_limit()
     try:
         with open(path, "rb") as raw:
             packed = raw.read(2) == _GZIP_MAGIC

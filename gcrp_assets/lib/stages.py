@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from gcrp_assets.lib import schemas
 from gcrp_assets.lib.cleaning import HANDLE_COLUMNS, CleaningOptions, clean_thread, dump_handles_arrow, ic_turns
 from gcrp_assets.lib.dedup import DedupConfig, Duplicate, SignatureStore
-from gcrp_assets.lib.dumps import iter_dump
+from gcrp_assets.lib.dumps import iter_dump, limit_records
 from gcrp_assets.lib.filters import FilterRules, raw_rejection_reason, rejection_reason
 from gcrp_assets.lib.parquet import BATCH_ROWS, RowWriter, iter_rows
 from gcrp_assets.lib.privacy import HandleScrubber
@@ -50,12 +50,18 @@ LISTED_REJECTS = 200  # rejects listed in raw_threads' metadata (all are in reje
 # raw_threads
 # ---------------------------------------------------------------------------------------------------
 def run_raw(path: Path, folder: Path, batch: int = BATCH_ROWS,
-            on_reject: Callable[[dict], None] | None = None) -> dict:
+            on_reject: Callable[[dict], None] | None = None, max_record_bytes: int | None = None) -> dict:
     """One dump (any layout) -> `threads.parquet` (RAW_THREADS) and `rejects.parquet` (REJECTS) in `folder`.
 
     Raises `dumps.DumpReadError` when the dump cannot be read at all (no file is left in place then).
-    `on_reject` sees every reject as it is written (the asset logs it).
+    `on_reject` sees every reject as it is written (the asset logs it). `max_record_bytes` (None: the
+    default, `dumps.MAX_RECORD_BYTES`): every reader enforces it, a longer record is `record_too_large`.
     """
+    with limit_records(max_record_bytes):
+        return _run_raw(path, folder, batch, on_reject)
+
+
+def _run_raw(path: Path, folder: Path, batch: int, on_reject: Callable[[dict], None] | None) -> dict:
     reader = iter_dump(path)
     threads = RowWriter(folder / "threads.parquet", schemas.RAW_THREADS, batch)
     rejects = RowWriter(folder / "rejects.parquet", schemas.REJECTS, batch)
@@ -80,7 +86,7 @@ def run_raw(path: Path, folder: Path, batch: int = BATCH_ROWS,
         raise
     stats = reader.stats
     return {"layout": stats.layout, "lines": stats.lines, "records_read": stats.rows, "ooc_rows": stats.ooc_rows,
-            "system_messages_skipped": stats.system_messages, "threads": threads.close(),
+            "system_messages": stats.system_messages, "threads": threads.close(),
             "rejected_lines": rejects.close(), "posts": posts, "rejects_listed": listed, "preview": preview}
 
 

@@ -3,8 +3,10 @@
 This is how community forum dumps are usually published (RPGuild-style CSVs, per-forum Parquet).
 Columns are matched case-insensitively, through the aliases of the contract (`raw-threads.md` §2):
 
-    thread_id  [thread_title, thread_href]   required: groups posts into threads, in row order
-    author     [message_username, username]  required: forum handle
+    thread_id  [thread_title, thread_href]   required: groups posts into threads, in row order; a
+               CSV/TSV transcript without one (TV scripts such as the `friends` data set: `season`,
+               `episode`, `scene`) is grouped by its scene columns instead (`SCENE_COLUMNS`)
+    author     [message_username, username, speaker]  required: forum handle, or a transcript's speaker
     message    [text, content]               required: post body
     character, thread_type, posted_at, post_id, thread_tags [tags]   optional
     thread_title [title], thread_href [url], forum                   optional thread metadata
@@ -51,7 +53,7 @@ from gcrp_assets.lib.sheets import SheetTemplate, parse_sheet
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "thread_id": ("thread_id", "thread_title", "thread_href"),
-    "author": ("author", "message_username", "username"),
+    "author": ("author", "message_username", "username", "speaker"),
     "message": ("message", "text", "content"),
 }
 OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -64,6 +66,10 @@ OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "url": ("thread_href", "url"),
     "forum": ("forum",),
 }
+# A transcript has no thread column: its threads are scenes, named by these columns where present (in this
+# order), e.g. "season 1 episode 2 scene 3". `scene` (or `episode`) must be one of them.
+SCENE_COLUMNS = ("season", "episode", "act", "scene")
+_SCENE_KEY = "thread_parts"  # in a column map: the scene columns, tab-joined, that make the thread id
 _THREAD_TYPES = {"": "ic", "ic": "ic", "ooc": "ooc", "characters": "characters", "character": "characters"}
 _DELIMITERS = ("\t", ",")
 
@@ -104,14 +110,18 @@ def _resolve(index: dict[str, str], aliases: tuple[str, ...]) -> str | None:
     return next((index[a] for a in aliases if a in index), None)
 
 
-def resolve_columns(names: list[str], path: Path, where: str = "") -> dict[str, str]:
+def resolve_columns(names: list[str], path: Path, where: str = "", scenes: bool = True) -> dict[str, str]:
     """Canonical field -> the table's column name; `DumpReadError` naming every missing required column
-    (`where`: the header's place, e.g. "line 1 (the header row)")."""
+    (`where`: the header's place, e.g. "line 1 (the header row)"). `scenes`: a table without a thread
+    column may group its rows by its scene columns (CSV/TSV transcripts)."""
     index = _column_index(names)
     columns: dict[str, str] = {}
     missing = []
     for canonical, aliases in REQUIRED_COLUMNS.items():
         found = _resolve(index, aliases)
+        if found is None and canonical == "thread_id" and scenes and _scene_columns(index):
+            columns[_SCENE_KEY] = "\t".join(_scene_columns(index))
+            continue
         if found is None:
             missing.append(f"{canonical!r} (or {', '.join(repr(a) for a in aliases[1:])})")
         else:
@@ -131,9 +141,16 @@ def resolve_columns(names: list[str], path: Path, where: str = "") -> dict[str, 
     return columns
 
 
+def _scene_columns(index: dict[str, str]) -> list[str]:
+    """A transcript's scene columns (see SCENE_COLUMNS), or [] when it has neither `scene` nor `episode`."""
+    present = [index[name] for name in SCENE_COLUMNS if name in index]
+    return present if ("scene" in index or "episode" in index) else []
+
+
 def _required_score(header: list[str]) -> int:
     index = _column_index(header)
-    return sum(_resolve(index, aliases) is not None for aliases in REQUIRED_COLUMNS.values())
+    return sum(_resolve(index, aliases) is not None or (canonical == "thread_id" and bool(_scene_columns(index)))
+               for canonical, aliases in REQUIRED_COLUMNS.items())
 
 
 def _split_header(line: str, delimiter: str) -> list[str]:
@@ -245,7 +262,10 @@ def sheet_name(sheet: str) -> str | None:
 
 
 def _values(record: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
-    values = {key: _cell(record.get(column)) for key, column in columns.items()}
+    values = {key: _cell(record.get(column)) for key, column in columns.items() if key != _SCENE_KEY}
+    if _SCENE_KEY in columns:  # a transcript: the scene is the thread
+        parts = [(name, _cell(record.get(name))) for name in columns[_SCENE_KEY].split("\t")]
+        values["thread_id"] = " ".join(f"{name.lower()} {value.strip()}" for name, value in parts if value) or None
     if "tags" in columns and isinstance(record.get(columns["tags"]), (list, tuple)):
         values["tags"] = list(record[columns["tags"]])  # a Parquet list column
     for key in ("thread_id", "author", "character", "thread_type", "post_id"):
@@ -654,7 +674,7 @@ def _parquet_rows(path: Path, limit: int) -> Iterator[_Row]:
         names = list(schema.names)
     except (pa.ArrowException, OSError) as exc:
         raise DumpReadError(f"{name}: cannot read Parquet post table ({_arrow_error(exc)})") from exc
-    columns = resolve_columns(names, path)
+    columns = resolve_columns(names, path, scenes=False)  # transcripts by scene: CSV/TSV only
     used = sorted(set(columns.values()), key=names.index)
     tags_column = columns.get("tags")
     not_text = {column: str(schema.field(column).type) for column in used
@@ -847,7 +867,7 @@ def iter_post_table(path: Path, out: DumpContents, max_record_bytes: int | None 
     place, and the thread of the last row read before it is rejected with the same reason (it may be
     missing rows); the threads before it are kept.
     """
-    limit = max_record_bytes or dumps.MAX_RECORD_BYTES
+    limit = max_record_bytes or dumps.record_limit()
     dump = out.dump
     plans: dict[str, _Plan] = {}  # by thread_id, in order of first appearance
     sheet_rows: dict[str, list[int]] = {}  # link -> its Characters rows

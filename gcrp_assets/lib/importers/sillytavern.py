@@ -326,7 +326,7 @@ class _Chat:
     error: tuple[int, str, str] | None = None  # (line, reason, detail)
 
     def keep(self, data: bytes) -> None:
-        if self.kept + len(data) > dumps.MAX_RECORD_BYTES:
+        if self.kept + len(data) > dumps.record_limit():
             self.clipped = True
             return
         self.kept += len(data) + 1
