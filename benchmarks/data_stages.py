@@ -14,7 +14,7 @@ truncated JSON. The N-thread corpus is the first N lines of the 4N one.
 
 Stages, in both modes the same library functions per thread:
 
-- raw: JSONL -> canonical threads (`dumps._validate_thread`, the reader's own check) -> Parquet;
+- raw: JSONL -> canonical threads (`dumps.validate_thread`, the reader's own check) -> Parquet;
 - filtered: handle pass, `clean_thread` + `rejection_reason`, dedup (`lib.dedup`), -> Parquet + rejects;
 - augmented: `build_samples` (sheets + system prompt) -> samples Parquet (+ the privacy scan).
 
@@ -61,7 +61,7 @@ DUMP = "bench.jsonl"
 # ---------------------------------------------------------------------------------------------------
 def _sample_threads() -> list[dict]:
     from gcrp_assets.defs.resources import packaged_inbox
-    from gcrp_assets.lib.dumps import find_dumps
+    from gcrp_assets.lib.ingest.dumps import find_dumps
 
     threads = []
     for path in find_dumps(packaged_inbox()):
@@ -122,11 +122,11 @@ def head_lines(source: Path, target: Path, n: int) -> None:
 def _defaults():
     """The stages' default settings, from the library (no Dagster import: it would raise every RSS floor).
     `gcrp_assets_tests/test_cleaning.py` checks that these equal the FilterConfig/PromptConfig defaults."""
-    from gcrp_assets.lib.cleaning import CleaningOptions
-    from gcrp_assets.lib.dedup import DedupConfig
-    from gcrp_assets.lib.filters import FilterRules
-    from gcrp_assets.lib.prompts import PromptOptions, load_system_template
-    from gcrp_assets.lib.sheets import SheetTemplate
+    from gcrp_assets.lib.clean.cleaning import CleaningOptions
+    from gcrp_assets.lib.clean.dedup import DedupConfig
+    from gcrp_assets.lib.clean.filters import FilterRules
+    from gcrp_assets.lib.prompts.samples import PromptOptions, load_system_template
+    from gcrp_assets.lib.prompts.sheets import SheetTemplate
 
     return {"rules": FilterRules(), "cleaning": CleaningOptions(), "dedup": DedupConfig(), "prompt": PromptOptions(),
             "sheet_template": SheetTemplate.load(), "system_template": load_system_template()}
@@ -136,14 +136,14 @@ def _defaults():
 # Streaming stages: exactly the functions the Dagster assets call (gcrp_assets.lib.stages)
 # ---------------------------------------------------------------------------------------------------
 def raw_streaming(src: Path, out: Path, batch: int) -> dict:
-    from gcrp_assets.lib.stages import run_raw
+    from gcrp_assets.lib.ingest.stage import run_raw
 
     m = run_raw(src, out, batch=batch)
     return {"in": m["lines"], "out": m["threads"], "rejected": m["rejected_lines"]}
 
 
 def filtered_streaming(src: Path, out: Path, batch: int) -> dict:
-    from gcrp_assets.lib.stages import run_filtered
+    from gcrp_assets.lib.clean.stage import run_filtered
 
     d = _defaults()
     m = run_filtered(src, out, d["rules"], d["cleaning"], d["dedup"], batch=batch)
@@ -153,7 +153,7 @@ def filtered_streaming(src: Path, out: Path, batch: int) -> dict:
 
 
 def augmented_streaming(src: Path, out: Path, batch: int) -> dict:
-    from gcrp_assets.lib.stages import run_augmented
+    from gcrp_assets.lib.prompts.stage import run_augmented
 
     d = _defaults()
     raw = src.parent.parent / "raw" / "threads.parquet"  # the privacy check's handles, as the asset reads them
@@ -167,7 +167,7 @@ def augmented_streaming(src: Path, out: Path, batch: int) -> dict:
 def raw_pandas(src: Path, out: Path, batch: int) -> dict:
     import pandas as pd
 
-    from gcrp_assets.lib.dumps import read_canonical_jsonl
+    from gcrp_assets.lib.ingest.canonical import read_canonical_jsonl
 
     contents = read_canonical_jsonl(src)
     pd.DataFrame(contents.threads).to_parquet(out / "threads.parquet", compression="zstd")
@@ -178,10 +178,10 @@ def raw_pandas(src: Path, out: Path, batch: int) -> dict:
 def filtered_pandas(src: Path, out: Path, batch: int) -> dict:
     import pandas as pd
 
-    from gcrp_assets.lib.cleaning import clean_thread, dump_scrubber
-    from gcrp_assets.lib.dedup import find_duplicates
-    from gcrp_assets.lib.filters import rejection_reason
-    from gcrp_assets.lib.stages import filter_reject
+    from gcrp_assets.lib.clean.cleaning import clean_thread, dump_scrubber
+    from gcrp_assets.lib.clean.dedup import find_duplicates
+    from gcrp_assets.lib.clean.filters import rejection_reason
+    from gcrp_assets.lib.clean.stage import filter_reject
 
     d = _defaults()
     threads = pd.read_parquet(src, dtype_backend="pyarrow").to_dict("records")
@@ -206,7 +206,7 @@ def filtered_pandas(src: Path, out: Path, batch: int) -> dict:
 def augmented_pandas(src: Path, out: Path, batch: int) -> dict:
     import pandas as pd
 
-    from gcrp_assets.lib.prompts import build_samples
+    from gcrp_assets.lib.prompts.samples import build_samples
 
     d = _defaults()
     threads = pd.read_parquet(src, dtype_backend="pyarrow").to_dict("records")

@@ -143,7 +143,7 @@ DEVICE_PACKAGES = [("dagster_pipes", "dagster-pipes"), ("bitsandbytes", "bitsand
 def resolved_hp(recipe: str, allow_cpu: bool, **overrides) -> dict:
     """What `LoraConfig(recipe=..., allow_cpu=..., **overrides).resolved()` gives, through the same
     `lib.recipes.resolve` (the device has no Dagster, which `LoraConfig` needs)."""
-    from gcrp_assets.lib.recipes import DEFAULTS, resolve
+    from gcrp_assets.lib.training.recipes import DEFAULTS, resolve
 
     values = {"recipe": recipe, "allow_cpu": allow_cpu, **{k: None for k in DEFAULTS}, "force": False, **overrides}
     return resolve(values, {"recipe", "allow_cpu", "force", *overrides})[0]
@@ -190,7 +190,7 @@ def prepare_tokenizer(assets: Path, given: str | None) -> Path:
     if not (out / "tokenizer.json").is_file():
         from transformers import AutoTokenizer
 
-        from gcrp_assets.lib.base_model import packaged_gguf
+        from gcrp_assets.lib.training.base_model import packaged_gguf
 
         gguf = packaged_gguf()
         print(f"converting the SmolLM2 tokenizer from {gguf.name} into {out}", flush=True)
@@ -207,14 +207,14 @@ def prepare_data(assets: Path, tokenizer_dir: Path) -> None:
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
-    from gcrp_assets.lib.cleaning import CleaningOptions, clean_thread, dump_scrubber
-    from gcrp_assets.lib.dumps import read_dump
-    from gcrp_assets.lib.filters import FilterRules, rejection_reason
-    from gcrp_assets.lib.formats import get_format
-    from gcrp_assets.lib.prompts import build_samples, load_system_template
-    from gcrp_assets.lib.sheets import SheetTemplate
-    from gcrp_assets.lib.split import assign_splits
-    from gcrp_assets.lib.tokenization import tokenize_samples
+    from gcrp_assets.lib.clean.cleaning import CleaningOptions, clean_thread, dump_scrubber
+    from gcrp_assets.lib.ingest.dumps import read_dump
+    from gcrp_assets.lib.clean.filters import FilterRules, rejection_reason
+    from gcrp_assets.lib.formats.chat_format import get_format
+    from gcrp_assets.lib.prompts.samples import build_samples, load_system_template
+    from gcrp_assets.lib.prompts.sheets import SheetTemplate
+    from gcrp_assets.lib.formats.split import assign_splits
+    from gcrp_assets.lib.formats.tokenization import tokenize_samples
 
     print("tokenizing the sample corpus", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -390,10 +390,10 @@ def generation_worker(spec: dict) -> None:
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gcrp_assets.lib import evaluation as ev
-    from gcrp_assets.lib.formats import get_format
-    from gcrp_assets.lib.model_card import recommended_sampling
-    from gcrp_assets.lib.precision import autocast
+    from gcrp_assets.lib.evaluation import generation
+    from gcrp_assets.lib.formats.chat_format import get_format
+    from gcrp_assets.lib.evaluation.model_card import recommended_sampling
+    from gcrp_assets.lib.training.precision import autocast
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -411,7 +411,7 @@ def generation_worker(spec: dict) -> None:
         model = model.to("cuda")
     model.eval()
     samples = json.loads(Path(spec["samples"]).read_text())
-    cases = ev.generation_cases(samples, fmt, tokenizer, spec["max_prompt_tokens"], spec["contexts"])
+    cases = generation.generation_cases(samples, fmt, tokenizer, spec["max_prompt_tokens"], spec["contexts"])
     sampling = recommended_sampling(fmt)
     prompts = [c.prompt for c in cases]
     prompt_tokens = sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
@@ -422,7 +422,7 @@ def generation_worker(spec: dict) -> None:
         torch.cuda.synchronize()
     started = time.perf_counter()
     with autocast(precision):
-        outputs = ev.generate_batch(model, tokenizer, prompts, max_new_tokens=spec["max_new_tokens"],
+        outputs = generation.generate_batch(model, tokenizer, prompts, max_new_tokens=spec["max_new_tokens"],
                                     n_samples=spec["samples_per_context"], temperature=sampling["temperature"],
                                     min_p=sampling["min_p"], seeds=list(range(len(prompts))),
                                     batch_size=spec["batch_size"], eos_token_ids=eos)

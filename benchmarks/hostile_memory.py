@@ -96,20 +96,23 @@ def write_long_post(normal: Path, path: Path, size: int) -> None:
 # Stages, each in a fresh process
 # ---------------------------------------------------------------------------------------------------
 def _stage(stage: str, src: str, raw: str, out: str, max_record_bytes: int | None) -> dict:
-    from gcrp_assets.lib import dumps, stages
+    from gcrp_assets.lib.ingest import lines
+    from gcrp_assets.lib.clean import stage as clean_stage
+    from gcrp_assets.lib.ingest import stage as ingest_stage
+    from gcrp_assets.lib.prompts import stage as prompt_stage
 
     if max_record_bytes:
-        dumps.MAX_RECORD_BYTES = max_record_bytes
+        lines.MAX_RECORD_BYTES = max_record_bytes
     d = _defaults()
     if stage == "raw":
-        m = stages.run_raw(Path(src), Path(out))
+        m = ingest_stage.run_raw(Path(src), Path(out))
         return {"in": m["lines"], "out": m["threads"], "rejected": m["rejected_lines"],
                 "reasons": sorted({r[2] for r in m["rejects_listed"]})}
     if stage == "filtered":
-        m = stages.run_filtered(Path(src), Path(out), d["rules"], d["cleaning"], d["dedup"])
+        m = clean_stage.run_filtered(Path(src), Path(out), d["rules"], d["cleaning"], d["dedup"])
         return {"in": m["threads_in"], "out": m["threads_kept"], "rejected": m["threads_rejected"],
                 "reasons": sorted(m["reasons"])}
-    m = stages.run_augmented(Path(src), Path(raw), Path(out), d["sheet_template"], d["system_template"], d["prompt"])
+    m = prompt_stage.run_augmented(Path(src), Path(raw), Path(out), d["sheet_template"], d["system_template"], d["prompt"])
     return {"in": m["threads"], "out": m["samples"], "rejected": 0, "reasons": []}
 
 

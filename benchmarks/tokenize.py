@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from transformers import AutoTokenizer
 
-    from gcrp_assets.lib.base_model import packaged_gguf
-    from gcrp_assets.lib.formats import get_format, render
-    from gcrp_assets.lib.tokenization import labels_for, tokenize_sample, tokenize_samples
+    from gcrp_assets.lib.training.base_model import packaged_gguf
+    from gcrp_assets.lib.formats.chat_format import get_format, render
+    from gcrp_assets.lib.formats.tokenization import labels_for, tokenize_sample, tokenize_samples
 
     gguf = packaged_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

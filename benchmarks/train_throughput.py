@@ -61,7 +61,7 @@ def base_model_dir(given: str | None) -> Path:
         return found[-1].parent
     out = CACHE / "smollm2"
     if not (out / "config.json").is_file():
-        from gcrp_assets.lib.base_model import convert_gguf, packaged_gguf
+        from gcrp_assets.lib.training.base_model import convert_gguf, packaged_gguf
 
         print(f"converting the SmolLM2 GGUF into {out} (once)", flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -74,14 +74,14 @@ def sample_corpus_rows(model_dir: Path, max_length: int) -> list[dict]:
     from transformers import AutoTokenizer
 
     from gcrp_assets.defs.resources import packaged_inbox
-    from gcrp_assets.lib.cleaning import CleaningOptions, clean_thread, dump_scrubber
-    from gcrp_assets.lib.dumps import read_dump
-    from gcrp_assets.lib.filters import FilterRules, rejection_reason
-    from gcrp_assets.lib.formats import get_format
-    from gcrp_assets.lib.prompts import build_samples, load_system_template
-    from gcrp_assets.lib.sheets import SheetTemplate
-    from gcrp_assets.lib.split import assign_splits
-    from gcrp_assets.lib.tokenization import tokenize_sample
+    from gcrp_assets.lib.clean.cleaning import CleaningOptions, clean_thread, dump_scrubber
+    from gcrp_assets.lib.ingest.dumps import read_dump
+    from gcrp_assets.lib.clean.filters import FilterRules, rejection_reason
+    from gcrp_assets.lib.formats.chat_format import get_format
+    from gcrp_assets.lib.prompts.samples import build_samples, load_system_template
+    from gcrp_assets.lib.prompts.sheets import SheetTemplate
+    from gcrp_assets.lib.formats.split import assign_splits
+    from gcrp_assets.lib.formats.tokenization import tokenize_sample
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     fmt = get_format("inst")
@@ -135,7 +135,7 @@ def padded_worker(spec: dict) -> None:
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
                               TrainingArguments)
 
-    from gcrp_assets.lib.precision import resolve_precision
+    from gcrp_assets.lib.training.precision import resolve_precision
 
     precision = resolve_precision(spec["precision"])
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
@@ -233,7 +233,7 @@ def main() -> None:
     rows, source = train_rows(args, model)
     lengths = [len(r["input_ids"]) for r in rows]
     args.max_length_check = max(lengths)
-    from gcrp_assets.lib.packing import padding_waste
+    from gcrp_assets.lib.training.packing import padding_waste
 
     trained = sum(sum(label != -100 for label in r["labels"][1:]) for r in rows) / sum(lengths)
     print(f"model {model}\ndata {source}: {len(rows)} train rows, tokens/row min {min(lengths)} "

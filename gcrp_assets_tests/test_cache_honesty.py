@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
+
 from pathlib import Path
 
 import dagster as dg
@@ -35,15 +35,15 @@ def _rel(paths) -> set[str]:
 
 def test_code_closures_hold_the_modules_the_hand_lists_forgot():
     data = _rel(module_closure("gcrp_assets.defs.data_stages"))
-    assert {"lib/markup.py", "lib/sheets.py", "lib/importers/sillytavern.py", "lib/importers/cards.py",
-            "lib/stages.py", "templates/sheet_template.yaml", "templates/system_prompt.jinja"} <= data
+    assert {"lib/clean/markup.py", "lib/prompts/sheets.py", "lib/ingest/sillytavern.py", "lib/ingest/cards.py",
+            "lib/ingest/stage.py", "lib/clean/stage.py", "lib/prompts/stage.py", "templates/sheet_template.yaml", "templates/system_prompt.jinja"} <= data
     tokenize = _rel(module_closure("gcrp_assets.defs.tokenized"))
-    assert {"lib/schemas.py", "lib/parquet.py", "lib/tokenization.py", "formats/party-final-eos.yaml"} <= tokenize
+    assert {"lib/schemas.py", "lib/parquet.py", "lib/formats/tokenization.py", "formats/party-final-eos.yaml"} <= tokenize
     evaluation = _rel(module_closure("gcrp_assets.defs.evaluation"))
-    assert {"lib/tokenization.py", "lib/ooc.py", "lib/tables.py", "lib/parquet.py"} <= evaluation
+    assert {"lib/formats/tokenization.py", "lib/clean/ooc.py", "lib/tables.py", "lib/parquet.py"} <= evaluation
     trainer = _rel(module_closure("gcrp_assets.defs.training", "gcrp_assets.trainer.train"))
-    assert {"trainer/train.py", "lib/packing.py", "lib/schedules.py", "lib/training_data.py"} <= trainer
-    assert "lib/evaluation.py" not in data and "trainer/train.py" not in tokenize  # closures, not everything
+    assert {"trainer/train.py", "lib/training/packing.py", "lib/training/schedules.py", "lib/training/data.py"} <= trainer
+    assert "lib/evaluation/losses.py" not in data and "trainer/train.py" not in tokenize  # closures, not everything
 
 
 @pytest.mark.parametrize("asset", sorted(ASSET_ROOTS))

@@ -1,11 +1,11 @@
 import pytest
 
-from gcrp_assets.lib.attribution import attribute
-from gcrp_assets.lib.cleaning import CleaningOptions, clean_thread, dump_scrubber, ic_turns
-from gcrp_assets.lib.filters import REASONS, FilterRules, rejection_reason
-from gcrp_assets.lib.language import english_score
-from gcrp_assets.lib.ooc import format_ooc, ooc_inner, split_ooc
-from gcrp_assets.lib.privacy import HandleScrubber
+from gcrp_assets.lib.clean.attribution import attribute
+from gcrp_assets.lib.clean.cleaning import CleaningOptions, clean_thread, dump_scrubber, ic_turns
+from gcrp_assets.lib.clean.filters import REASONS, FilterRules, rejection_reason
+from gcrp_assets.lib.clean.language import english_score
+from gcrp_assets.lib.clean.ooc import format_ooc, ooc_inner, split_ooc
+from gcrp_assets.lib.clean.privacy import HandleScrubber
 from gcrp_assets_tests.factories import thread
 
 PLAYS = {"nightowl_77": ["Mira Vell"], "ravenmoor": ["Dorn Hale", "Keri Wolf"]}
@@ -200,8 +200,8 @@ def test_library_defaults_are_the_config_defaults():
     """benchmarks/data_stages.py and direct library callers get what the assets run with by default."""
     from gcrp_assets.defs.configs import FilterConfig, PromptConfig
     from gcrp_assets.defs.data_stages import cleaning_options, dedup_config, filter_rules
-    from gcrp_assets.lib.dedup import DedupConfig
-    from gcrp_assets.lib.prompts import PromptOptions
+    from gcrp_assets.lib.clean.dedup import DedupConfig
+    from gcrp_assets.lib.prompts.samples import PromptOptions
 
     assert filter_rules(FilterConfig()) == FilterRules()
     assert cleaning_options(FilterConfig()) == CleaningOptions()

@@ -5,8 +5,8 @@ The texts are written for these tests: sexual in vocabulary, not graphic.
 
 import pytest
 
-from gcrp_assets.lib.content_policy import (MINOR_SEXUAL_CONTENT, PolicyConfig, Violation, _fold, check_thread,
-                                            default_rules, literal_anchors, load_policy)
+from gcrp_assets.lib.clean.content_policy import (MINOR_SEXUAL_CONTENT, PolicyConfig, Violation, _fold,
+                                                  check_thread, default_rules, literal_anchors, load_policy)
 
 POLICY = load_policy()
 

@@ -5,10 +5,10 @@ import random
 import pytest
 
 from gcrp_assets.defs.resources import packaged_inbox
-from gcrp_assets.lib.cleaning import clean_thread, dump_scrubber
-from gcrp_assets.lib.dedup import (DedupConfig, SignatureStore, cross_dump_duplicates, drop_cross_dump_duplicates,
-                                   find_duplicates, lsh_params, normalize)
-from gcrp_assets.lib.dumps import find_dumps, read_dump
+from gcrp_assets.lib.clean.cleaning import clean_thread, dump_scrubber
+from gcrp_assets.lib.clean.dedup import (DedupConfig, SignatureStore, cross_dump_duplicates,
+                                         drop_cross_dump_duplicates, find_duplicates, lsh_params, normalize)
+from gcrp_assets.lib.ingest.dumps import find_dumps, read_dump
 from gcrp_assets.sample_corpus import generate
 
 _WORDS = ("the ferry lantern river tavern cloak rain map ford coin stable oil key brass fire cup road night "

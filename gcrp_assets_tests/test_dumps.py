@@ -2,7 +2,8 @@ import gzip
 
 import pytest
 
-from gcrp_assets.lib.dumps import DumpReadError, find_dumps, read_dump
+from gcrp_assets.lib.ingest.contract import DumpReadError
+from gcrp_assets.lib.ingest.dumps import find_dumps, read_dump
 from gcrp_assets_tests.factories import thread, write_jsonl
 
 

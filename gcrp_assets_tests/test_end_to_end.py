@@ -15,9 +15,9 @@ from gcrp_assets.defs.runner import materialize_chain
 from gcrp_assets.defs.tokenized import tokenized_parquet
 from gcrp_assets.defs.training import base_model
 from gcrp_assets.definitions import build_defs
-from gcrp_assets.lib.formats import get_format, render
+from gcrp_assets.lib.formats.chat_format import get_format, render
 from gcrp_assets.lib.hashing import sha256_file
-from gcrp_assets.lib.tokenization import IGNORE
+from gcrp_assets.lib.formats.tokenization import IGNORE
 
 pytestmark = pytest.mark.e2e
 

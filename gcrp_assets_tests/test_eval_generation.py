@@ -4,18 +4,10 @@ import math
 
 import pytest
 
-from gcrp_assets.lib.evaluation import (
-    Continuation,
-    generate_batch,
-    generation_cases,
-    impersonation_offset,
-    impersonates,
-    sample_next,
-    speaker_headers,
-    stop_markers,
-    stops_on,
-)
-from gcrp_assets.lib.formats import generation_prompt, get_format
+from gcrp_assets.lib.evaluation.generation import (Continuation, generate_batch, generation_cases,
+                                                   sample_next, stop_markers, stops_on)
+from gcrp_assets.lib.evaluation.detectors import impersonation_offset, impersonates, speaker_headers
+from gcrp_assets.lib.formats.chat_format import generation_prompt, get_format
 from gcrp_assets_tests.factories import SAMPLE
 
 torch = pytest.importorskip("torch")

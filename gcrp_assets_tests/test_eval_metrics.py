@@ -3,26 +3,13 @@ import math
 import numpy as np
 import pytest
 
-from gcrp_assets.lib.eval_metrics import (
-    bits_per_byte,
-    distinct_n,
-    diversity,
-    length_summary,
-    max_overlap_with_history,
-    mcnemar_exact,
-    ooc_rate,
-    paired_bootstrap,
-    paired_rates,
-    paired_thread_deltas,
-    rep_n,
-    stop_outcome,
-    template_leaks,
-    thread_level_losses,
-    utf8_bytes,
-    words,
-)
-from gcrp_assets.lib.formats import get_format
-from gcrp_assets.lib.ooc import split_ooc
+from gcrp_assets.lib.evaluation.metrics import (bits_per_byte, distinct_n, diversity, length_summary,
+                                                max_overlap_with_history, mcnemar_exact, ooc_rate,
+                                                paired_bootstrap, paired_rates, paired_thread_deltas, rep_n,
+                                                stop_outcome, template_leaks, thread_level_losses, utf8_bytes,
+                                                words)
+from gcrp_assets.lib.formats.chat_format import get_format
+from gcrp_assets.lib.clean.ooc import split_ooc
 
 # --- paired bootstrap -----------------------------------------------------------------------------------
 
@@ -214,7 +201,7 @@ def test_stop_outcome_classes(fmt_name, continuation, hit_cap, expected):
 
 
 def test_repeated_ngram_rate_is_pooled_over_replies():
-    from gcrp_assets.lib.eval_metrics import repeated_ngram_rate
+    from gcrp_assets.lib.evaluation.metrics import repeated_ngram_rate
 
     # "a b a b a b": 5 bigrams, 2 unique → 3 repeated; "c d e": 2 bigrams, none repeated
     assert repeated_ngram_rate(["a b a b a b", "c d e"], 2) == pytest.approx(3 / 7)
@@ -224,7 +211,7 @@ def test_repeated_ngram_rate_is_pooled_over_replies():
 
 
 def test_rate_mean_and_word_lengths():
-    from gcrp_assets.lib.eval_metrics import mean, rate, word_lengths
+    from gcrp_assets.lib.evaluation.metrics import mean, rate, word_lengths
 
     assert rate([True, False, True, True]) == 0.75 and math.isnan(rate([]))
     assert mean([1.0, float("nan"), 3.0]) == 2.0 and math.isnan(mean([float("nan")]))
@@ -233,7 +220,7 @@ def test_rate_mean_and_word_lengths():
 
 
 def test_ks_distance():
-    from gcrp_assets.lib.eval_metrics import ks_distance
+    from gcrp_assets.lib.evaluation.metrics import ks_distance
 
     assert ks_distance([1, 2, 3], [1, 2, 3]) == 0.0
     assert ks_distance([1, 2], [5, 6]) == 1.0

@@ -6,11 +6,12 @@ import math
 import pytest
 
 from gcrp_assets.defs.evaluation import BINARY, _worst_first, score_continuation, summarize_generations
-from gcrp_assets.lib.evaluation import Continuation, GenerationCase
-from gcrp_assets.lib.formats import get_format
-from gcrp_assets.lib.model_card import known_issues
+from gcrp_assets.lib.evaluation.generation import Continuation, GenerationCase
+from gcrp_assets.lib.formats.chat_format import get_format
+from gcrp_assets.lib.evaluation.model_card import known_issues
 from gcrp_assets.lib.plots import length_distribution_png, role_loss_png, thread_delta_png
-from gcrp_assets.lib.report import failure_spans, html_report, markdown_continuation, markdown_report
+from gcrp_assets.lib.evaluation.report import (failure_spans, html_report, markdown_continuation,
+                                               markdown_report)
 
 FMT = get_format("inst")
 CASE = GenerationCase("s1", "d/t1", "Arty", "Steve", "…[INST]model\nArty:", "Arty bowed and left the room.", 3,
@@ -120,7 +121,7 @@ def test_markdown_continuation_is_one_safe_line(text):
 
 
 def test_caveat_when_most_continuations_hit_the_cap():
-    from gcrp_assets.lib.report import caveats
+    from gcrp_assets.lib.evaluation.report import caveats
 
     summary, records = _summary()
     assert caveats(summary["generation"]) == []
@@ -138,8 +139,8 @@ def test_caveat_when_most_continuations_hit_the_cap():
 
 def test_card_lists_the_settings_that_shaped_the_adapter_and_names_the_base_model():
     from gcrp_assets.defs.resources import EMBEDDED_MODEL_NAME, BaseModelSource
-    from gcrp_assets.lib.model_card import card_hyperparameters
-    from gcrp_assets.lib.recipes import DEFAULTS, get_recipe
+    from gcrp_assets.lib.evaluation.model_card import card_hyperparameters
+    from gcrp_assets.lib.training.recipes import DEFAULTS, get_recipe
 
     smoke = dict(card_hyperparameters({**DEFAULTS, "recipe": "smoke"}))
     assert smoke["rank"] == "16" and smoke["target_modules"] == "q_proj, k_proj, v_proj, o_proj"

@@ -4,22 +4,11 @@ import math
 
 import pytest
 
-from gcrp_assets.lib.evaluation import (
-    MODEL_END,
-    MODEL_NAME,
-    MODEL_TEXT,
-    OTHER,
-    ROLE_NAMES,
-    USER_END,
-    USER_NAME,
-    USER_TEXT,
-    per_row_nll,
-    per_row_scores,
-    role_mask,
-    role_spans,
-)
-from gcrp_assets.lib.formats import get_format, render
-from gcrp_assets.lib.tokenization import IGNORE, encode_rendered, labels_for
+from gcrp_assets.lib.evaluation.roles import (MODEL_END, MODEL_NAME, MODEL_TEXT, OTHER, ROLE_NAMES, USER_END,
+                                              USER_NAME, USER_TEXT, role_mask, role_spans)
+from gcrp_assets.lib.evaluation.losses import per_row_nll, per_row_scores
+from gcrp_assets.lib.formats.chat_format import get_format, render
+from gcrp_assets.lib.formats.tokenization import IGNORE, encode_rendered, labels_for
 from gcrp_assets_tests.factories import SAMPLE
 
 

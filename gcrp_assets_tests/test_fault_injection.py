@@ -1,4 +1,4 @@
-"""Hostile and broken dumps through `stages.run_raw`, the function the raw_threads asset calls.
+"""Hostile and broken dumps through `ingest_stage.run_raw`, the function the raw_threads asset calls.
 
 Each case builds one bad dump (deep nesting, a 5,000-digit integer, a line of millions of empty objects,
 a 200 MB line inside a small `.gz`, a truncated `.gz`, bytes that are not UTF-8, a Parquet list cell, a huge
@@ -41,7 +41,7 @@ MiB = 1 << 20
 @dataclass
 class Case:
     name: str  # the dump's file name
-    max_record_bytes: int | None = None  # None: the default (dumps.MAX_RECORD_BYTES, 16 MiB)
+    max_record_bytes: int | None = None  # None: the default (lines.MAX_RECORD_BYTES, 16 MiB)
     budget_mib: int = 32  # peak RSS allowed over the control case's
     expect: dict = field(default_factory=dict)
 
@@ -55,7 +55,8 @@ _CHILD = textwrap.dedent("""
     from pathlib import Path
 
     import pyarrow.parquet as pq
-    from gcrp_assets.lib import dumps, stages
+    from gcrp_assets.lib.ingest import lines
+    from gcrp_assets.lib.ingest import stage as ingest_stage
 
     def status_kib(key):
         for line in open("/proc/self/status"):
@@ -64,12 +65,12 @@ _CHILD = textwrap.dedent("""
 
     def run(case, out):
         if case["max_record_bytes"]:
-            dumps.MAX_RECORD_BYTES = case["max_record_bytes"]
+            lines.MAX_RECORD_BYTES = case["max_record_bytes"]
         folder = Path(case["folder"])
         folder.mkdir(parents=True)
         result = {"name": case["name"]}
         try:
-            stats = stages.run_raw(Path(case["path"]), folder)
+            stats = ingest_stage.run_raw(Path(case["path"]), folder)
             result["stats"] = {k: stats[k] for k in ("layout", "lines", "threads", "rejected_lines")}
             threads = pq.read_table(folder / "threads.parquet", columns=["thread_id"])
             result["thread_ids"] = threads.column(0).to_pylist()
@@ -303,7 +304,7 @@ def test_bad_dump_is_rejected_or_fails_naming_file_and_line(outcomes, name):
 def test_max_record_bytes_of_a_run_reaches_every_layout(tmp_path):
     """run_raw's max_record_bytes (raw_threads' config) is what every reader enforces during that run."""
     from gcrp_assets.lib.parquet import read_rows
-    from gcrp_assets.lib.stages import run_raw
+    from gcrp_assets.lib.ingest.stage import run_raw
     from gcrp_assets_tests import st_fixtures as st
 
     long_post = {"thread_id": "long", "posts": [{"author": "a", "text": "x" * 5000}]}

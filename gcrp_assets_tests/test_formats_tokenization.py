@@ -1,8 +1,9 @@
 import pytest
 
-from gcrp_assets.lib.formats import FORMATS, chat_template, generation_prompt, get_format, render, sample_messages
-from gcrp_assets.lib.split import assign_splits
-from gcrp_assets.lib.tokenization import IGNORE, tokenize_sample
+from gcrp_assets.lib.formats.chat_format import (FORMATS, chat_template, generation_prompt, get_format,
+                                                 render, sample_messages)
+from gcrp_assets.lib.formats.split import assign_splits
+from gcrp_assets.lib.formats.tokenization import IGNORE, tokenize_sample
 from gcrp_assets_tests.factories import SAMPLE
 
 def test_inst_format_matches_the_12b_card():
@@ -95,9 +96,9 @@ def test_split_is_by_thread_deterministic_and_stable():
 
 from pathlib import Path  # noqa: E402
 
-from gcrp_assets.lib import tokenization  # noqa: E402
-from gcrp_assets.lib.formats import BUILTIN_DIR, FormatSpecError, builtin_specs  # noqa: E402
-from gcrp_assets.lib.tokenization import tokenize_samples  # noqa: E402
+from gcrp_assets.lib.formats import tokenization  # noqa: E402
+from gcrp_assets.lib.formats.chat_format import BUILTIN_DIR, FormatSpecError, builtin_specs  # noqa: E402
+from gcrp_assets.lib.formats.tokenization import tokenize_samples  # noqa: E402
 
 LONG = dict(SAMPLE, sample_id="long", turns=[dict(t, text=f"{t['text']} (round {i})") for i in range(6)
                                             for t in SAMPLE["turns"]])
@@ -488,7 +489,7 @@ def test_fast_labels_equal_the_offset_rule_on_awkward_text(smol_tokenizer):
         {"role": "user", "name": None, "text": " leading space"},
         {"role": "model", "name": "A", "text": "\n\nnewlines first"},
     ])
-    from gcrp_assets.lib.tokenization import labels_for
+    from gcrp_assets.lib.formats.tokenization import labels_for
     for name in ("inst", "chatml", "herrsimian", "party-final-eos", "chatml-names"):
         fmt = get_format(name)
         for policy in ("model_turns", "all", "last_model_turn"):
@@ -593,7 +594,8 @@ def test_cut_rules_follow_the_tokenizer(smol_tokenizer, inst_tokenizer, smol_tok
 
 @pytest.mark.parametrize("name", ["inst", "chatml", "herrsimian", "party-final-eos", "chatml-names"])
 def test_masked_turn_check_passes_on_real_labels_and_fails_on_a_corrupted_row(name, smol_tokenizer):
-    from gcrp_assets.lib.tokenization import check_no_trained_tokens_in_masked_turns, trained_tokens_in_masked_turns
+    from gcrp_assets.lib.formats.tokenization import (check_no_trained_tokens_in_masked_turns,
+                                                      trained_tokens_in_masked_turns)
 
     tok, fmt = smol_tokenizer, get_format(name)
     [window], _ = tokenize_sample(SAMPLE, fmt, tok, 4096, label_policy="model_turns")
@@ -623,7 +625,7 @@ def test_masked_turn_check_passes_on_real_labels_and_fails_on_a_corrupted_row(na
 def test_masked_turn_check_is_independent_of_the_decoded_text_check(smol_tokenizer):
     """A label moved from a model turn's first trained token onto an earlier user token with the same id
     decodes to the same trained text (labels_are_model_turns cannot see it); the masked-turn check does."""
-    from gcrp_assets.lib.tokenization import trained_tokens_in_masked_turns
+    from gcrp_assets.lib.formats.tokenization import trained_tokens_in_masked_turns
 
     tok, fmt = smol_tokenizer, get_format("inst")
     sample = dict(SAMPLE, turns=[{"role": "user", "name": "Sukuna Gojo", "text": "Hi."},
@@ -641,7 +643,7 @@ def test_masked_turn_check_is_independent_of_the_decoded_text_check(smol_tokeniz
 
 def test_masked_turn_check_flags_everything_under_the_all_policy(smol_tokenizer):
     """Why the asset reports the check as vacuous for `all`: by design every user/system token trains."""
-    from gcrp_assets.lib.tokenization import trained_tokens_in_masked_turns
+    from gcrp_assets.lib.formats.tokenization import trained_tokens_in_masked_turns
 
     tok, fmt = smol_tokenizer, get_format("herrsimian")
     [window], _ = tokenize_sample(SAMPLE, fmt, tok, 4096)

@@ -20,21 +20,22 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from gcrp_assets.lib.dumps import (DumpReadError, _validate_thread, detect_layout, dump_digest, find_dumps,
-                                   read_canonical_jsonl, read_dump)
-from gcrp_assets.lib.importers.cards import card_sheet, read_card
-from gcrp_assets.lib.importers.post_tables import parse_tags
-from gcrp_assets.lib.importers.sillytavern import parse_send_date
+from gcrp_assets.lib.ingest.contract import DumpReadError, validate_thread
+from gcrp_assets.lib.ingest.dumps import detect_layout, dump_digest, find_dumps, read_dump
+from gcrp_assets.lib.ingest.canonical import read_canonical_jsonl
+from gcrp_assets.lib.ingest.cards import card_sheet, read_card
+from gcrp_assets.lib.ingest.post_tables import parse_tags
+from gcrp_assets.lib.ingest.sillytavern import parse_send_date
 from gcrp_assets_tests.factories import thread, write_jsonl
 
 
 def assert_canonical(contents):
-    """Every thread is exactly what `_validate_thread` makes of it, plus dump and line."""
+    """Every thread is exactly what `validate_thread` makes of it, plus dump and line."""
     for t in contents.threads:
         assert set(t) == {"dump", "file", "line", "thread_id", "title", "forum", "url", "tags", "human", "characters",
                           "posts"}
         assert t["dump"] == contents.dump and isinstance(t["line"], int) and t["line"] >= 1
-        assert _validate_thread(t) == {k: v for k, v in t.items() if k not in ("dump", "file", "line")}
+        assert validate_thread(t) == {k: v for k, v in t.items() if k not in ("dump", "file", "line")}
     assert contents.lines == len(contents.threads) + len(contents.rejects)
 
 
@@ -238,12 +239,12 @@ def test_tags_are_parsed_as_data_never_evaluated():
 
 
 def assert_st_canonical(contents):
-    """Every SillyTavern thread is exactly what `_validate_thread` makes of it, plus dump, file and line."""
+    """Every SillyTavern thread is exactly what `validate_thread` makes of it, plus dump, file and line."""
     for t in contents.threads:
         assert set(t) == {"dump", "file", "line", "thread_id", "title", "forum", "url", "tags", "human",
                           "characters", "posts"}
         assert t["dump"] == contents.dump and isinstance(t["line"], int) and t["line"] >= 1
-        assert _validate_thread(t) == {k: v for k, v in t.items() if k not in ("dump", "file", "line")}
+        assert validate_thread(t) == {k: v for k, v in t.items() if k not in ("dump", "file", "line")}
     assert contents.lines == len(contents.threads) + len(contents.rejects)
 
 

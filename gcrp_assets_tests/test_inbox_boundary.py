@@ -13,9 +13,11 @@ import pytest
 
 from gcrp_assets.defs.automation import dump_digests, inbox_sensor
 from gcrp_assets.defs.resources import ArtifactStore, DumpInbox
-from gcrp_assets.lib.dumps import DumpReadError, dump_digest, find_dumps
+from gcrp_assets.lib.ingest.contract import DumpReadError
+from gcrp_assets.lib.ingest.dumps import dump_digest, find_dumps
 from gcrp_assets.lib.hashing import sha256_tree
-from gcrp_assets.lib.inbox import DumpNotInInbox, InboxError, dump_files, resolve_dump, validate_dump_name
+from gcrp_assets.lib.ingest.inbox import (DumpNotInInbox, InboxError, dump_files, resolve_dump,
+                                          validate_dump_name)
 from gcrp_assets_tests.factories import thread, write_jsonl
 
 SECRET = "SECRET-CONTENT-0451"

@@ -1,6 +1,6 @@
 import re
 
-from gcrp_assets.lib.markup import looks_like_markup, to_text
+from gcrp_assets.lib.clean.markup import looks_like_markup, to_text
 
 
 def test_html_keeps_paragraphs_and_emphasis_and_drops_quotes_and_images():
@@ -42,8 +42,9 @@ def test_empty_markup_is_empty():
 
 
 # --- golden tests, one per cleaning rule -------------------------------------------------------------
-from gcrp_assets.lib.markup import (cap_punctuation_runs, fix_encoding, fix_glued_emphasis,  # noqa: E402
-                                    fix_sentence_spacing, normalize_whitespace, remove_urls, valid_unicode)
+from gcrp_assets.lib.clean.markup import (cap_punctuation_runs, fix_encoding, fix_glued_emphasis,
+                                          fix_sentence_spacing, normalize_whitespace, remove_urls,
+                                          valid_unicode)
 
 
 def test_quoted_replies_are_removed_in_both_markups():
@@ -113,7 +114,7 @@ def test_html_soup_does_not_crash():
 
 
 # --- non-English text survives cleaning (issue 11 item 10) ----------------------------------------------
-from gcrp_assets.lib.markup import strip_non_ascii_tags, strip_reasoning  # noqa: E402
+from gcrp_assets.lib.clean.markup import strip_non_ascii_tags, strip_reasoning  # noqa: E402
 
 
 def test_legitimate_unicode_is_not_normalized():

@@ -9,15 +9,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gcrp_assets.lib import schemas
-from gcrp_assets.lib.cleaning import CleaningOptions, clean_thread, dump_scrubber
-from gcrp_assets.lib.dedup import find_duplicates
-from gcrp_assets.lib.dumps import read_dump
-from gcrp_assets.lib.filters import FilterRules, rejection_reason
-from gcrp_assets.lib.markup import to_text
-from gcrp_assets.lib.ooc import split_ooc
-from gcrp_assets.lib.privacy import HandleScrubber
-from gcrp_assets.lib.prompts import PromptOptions, build_samples, load_system_template
-from gcrp_assets.lib.sheets import SheetTemplate, normalize_sheet
+from gcrp_assets.lib.clean.cleaning import CleaningOptions, clean_thread, dump_scrubber
+from gcrp_assets.lib.clean.dedup import find_duplicates
+from gcrp_assets.lib.ingest.dumps import read_dump
+from gcrp_assets.lib.clean.filters import FilterRules, rejection_reason
+from gcrp_assets.lib.clean.markup import to_text
+from gcrp_assets.lib.clean.ooc import split_ooc
+from gcrp_assets.lib.clean.privacy import HandleScrubber
+from gcrp_assets.lib.prompts.samples import PromptOptions, build_samples, load_system_template
+from gcrp_assets.lib.prompts.sheets import SheetTemplate, normalize_sheet
 from gcrp_assets_tests.factories import HANDLES, thread
 
 SETTINGS = settings(max_examples=50, deadline=None, derandomize=True,

@@ -10,12 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gcrp_assets.lib.cleaning import CleaningOptions
-from gcrp_assets.lib.filters import FilterRules
+from gcrp_assets.lib.clean.cleaning import CleaningOptions
+from gcrp_assets.lib.clean.filters import FilterRules
 from gcrp_assets.lib.parquet import read_rows
-from gcrp_assets.lib.prompts import PromptOptions, load_system_template
-from gcrp_assets.lib.sheets import SheetTemplate
-from gcrp_assets.lib.stages import run_augmented, run_filtered, run_raw
+from gcrp_assets.lib.prompts.samples import PromptOptions, load_system_template
+from gcrp_assets.lib.prompts.sheets import SheetTemplate
+from gcrp_assets.lib.prompts.stage import run_augmented
+from gcrp_assets.lib.clean.stage import run_filtered
+from gcrp_assets.lib.ingest.stage import run_raw
 from gcrp_assets_tests import st_fixtures as st
 
 

@@ -3,9 +3,9 @@
 import pytest
 
 from gcrp_assets.defs.resources import packaged_inbox
-from gcrp_assets.lib.cleaning import clean_thread, dump_scrubber
-from gcrp_assets.lib.dumps import find_dumps, read_dump
-from gcrp_assets.lib.filters import FilterRules, rejection_reason
+from gcrp_assets.lib.clean.cleaning import clean_thread, dump_scrubber
+from gcrp_assets.lib.ingest.dumps import find_dumps, read_dump
+from gcrp_assets.lib.clean.filters import FilterRules, rejection_reason
 from gcrp_assets.sample_corpus import generate
 
 

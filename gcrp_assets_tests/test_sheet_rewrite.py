@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gcrp_assets.lib.sheet_rewrite import (CausalLMGenerator, LLMSheetRewriter, RewriteSettings, build_messages,
-                                           cannot_parse, support, words)
-from gcrp_assets.lib.sheets import SheetTemplate, normalize_sheet, parse_sheet
+from gcrp_assets.lib.prompts.sheet_rewrite import (CausalLMGenerator, LLMSheetRewriter, RewriteSettings,
+                                                   build_messages, cannot_parse, support, words)
+from gcrp_assets.lib.prompts.sheets import SheetTemplate, normalize_sheet, parse_sheet
 
 TEMPLATE = SheetTemplate.load()
 PROSE = ("Mira is a nineteen year old elf who works as a courier in the river city. She has silver hair "

@@ -1,8 +1,8 @@
 import re
 
-from gcrp_assets.lib.markup import to_text
-from gcrp_assets.lib.prompts import build_samples, load_system_template
-from gcrp_assets.lib.sheets import SheetTemplate, normalize_sheet, parse_sheet
+from gcrp_assets.lib.clean.markup import to_text
+from gcrp_assets.lib.prompts.samples import build_samples, load_system_template
+from gcrp_assets.lib.prompts.sheets import SheetTemplate, normalize_sheet, parse_sheet
 
 TEMPLATE = SheetTemplate.load()
 
@@ -61,9 +61,9 @@ import json  # noqa: E402
 import pytest  # noqa: E402
 
 from gcrp_assets.defs.resources import packaged_inbox  # noqa: E402
-from gcrp_assets.lib.dumps import find_dumps, read_dump  # noqa: E402
-from gcrp_assets.lib.prompts import PromptOptions, choose_user_characters  # noqa: E402
-from gcrp_assets.lib.sheets import list_items  # noqa: E402
+from gcrp_assets.lib.ingest.dumps import find_dumps, read_dump  # noqa: E402
+from gcrp_assets.lib.prompts.samples import PromptOptions, choose_user_characters  # noqa: E402
+from gcrp_assets.lib.prompts.sheets import list_items  # noqa: E402
 
 
 def test_labels_in_any_order_with_synonyms_and_parts():

@@ -2,14 +2,9 @@ import json
 
 import pytest
 
-from gcrp_assets.lib.formats import generation_prompt, get_format, render, sample_messages
-from gcrp_assets.lib.sillytavern import (
-    assemble_group_chat,
-    context_preset,
-    instruct_preset,
-    render_story_string,
-    stop_strings,
-)
+from gcrp_assets.lib.formats.chat_format import generation_prompt, get_format, render, sample_messages
+from gcrp_assets.lib.formats.sillytavern_presets import (assemble_group_chat, context_preset, instruct_preset,
+                                                         render_story_string, stop_strings)
 from gcrp_assets_tests.test_formats_tokenization import SAMPLE
 
 INSTRUCT_KEYS = {"name", "input_sequence", "input_suffix", "output_sequence", "output_suffix", "system_sequence",

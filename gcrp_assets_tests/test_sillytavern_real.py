@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from gcrp_assets.lib import dumps
-from gcrp_assets.lib.dumps import DumpReadError, _validate_thread, detect_layout, read_dump
-from gcrp_assets.lib.importers import cards as card_lib
-from gcrp_assets.lib.sheets import SheetTemplate, parse_sheet
+from gcrp_assets.lib.ingest import lines
+from gcrp_assets.lib.ingest.contract import DumpReadError, validate_thread
+from gcrp_assets.lib.ingest.dumps import detect_layout, read_dump
+from gcrp_assets.lib.ingest import cards as card_lib
+from gcrp_assets.lib.prompts.sheets import SheetTemplate, parse_sheet
 from gcrp_assets_tests import st_fixtures as st
 
 LAYOUTS = ["1.12", "current"]
@@ -33,12 +34,12 @@ def by_id(contents) -> dict[str, dict]:
 
 
 def assert_accounted(contents):
-    """Every record ended as one thread or one reject, each exactly what `_validate_thread` makes of it."""
+    """Every record ended as one thread or one reject, each exactly what `validate_thread` makes of it."""
     assert contents.lines == len(contents.threads) + len(contents.rejects)
     for t in contents.threads:
         assert set(t) == {"dump", "file", "line", "thread_id", "title", "forum", "url", "tags", "human",
                           "characters", "posts"}
-        assert _validate_thread(t) == {k: v for k, v in t.items() if k not in ("dump", "file", "line")}
+        assert validate_thread(t) == {k: v for k, v in t.items() if k not in ("dump", "file", "line")}
     for r in contents.rejects:
         assert r["file"] and r["detail"].startswith(f"{contents.dump}/{r['file']}")
 
@@ -277,7 +278,7 @@ def write_chat_bytes(path: Path, lines: list[bytes]) -> Path:
 
 
 def test_chat_lines_that_cannot_be_read_reject_their_chat_naming_file_and_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(dumps, "MAX_RECORD_BYTES", 300_000)
+    monkeypatch.setattr(lines, "MAX_RECORD_BYTES", 300_000)
     good = json.dumps(st.persona(st.PERSONA, "Hello.", "January 1, 2024 1:00pm")).encode()
     root = tmp_path / "hostile"
     write_chat_bytes(root / "chats" / "A" / "long.jsonl", [good, good, json.dumps(
@@ -305,8 +306,8 @@ def test_chat_lines_that_cannot_be_read_reject_their_chat_naming_file_and_line(t
 
 
 def test_a_compression_bomb_chat_stops_at_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(dumps, "MAX_RECORD_BYTES", 4096)
-    monkeypatch.setattr(dumps, "MAX_EXPANSION_RATIO", 5)  # the real ratio (200x) needs a bigger bomb
+    monkeypatch.setattr(lines, "MAX_RECORD_BYTES", 4096)
+    monkeypatch.setattr(lines, "MAX_EXPANSION_RATIO", 5)  # the real ratio (200x) needs a bigger bomb
     line = json.dumps(st.persona(st.PERSONA, "Hello.", "January 1, 2024 1:00pm")).encode()
     path = tmp_path / "bomb.jsonl.gz"
     path.write_bytes(gzip.compress(b"\n".join([line] * 5000), compresslevel=9))

@@ -2,23 +2,12 @@ import math
 
 import pytest
 
-from gcrp_assets.lib.formats import FORMATS, generation_prompt, get_format
-from gcrp_assets.lib.speaker_selection import (
-    baseline_most_frequent,
-    baseline_most_recent_other,
-    baseline_ranks,
-    baseline_round_robin,
-    candidate_logprobs,
-    fitting_first_turn,
-    rank_in,
-    rank_model_turns,
-    rank_speakers,
-    roster_of,
-    score_candidates,
-    speaker_prompt,
-    speaker_metrics,
-    summarize_rankings,
-)
+from gcrp_assets.lib.formats.chat_format import FORMATS, generation_prompt, get_format
+from gcrp_assets.lib.evaluation.speakers import (baseline_most_frequent, baseline_most_recent_other,
+                                                 baseline_ranks, baseline_round_robin, candidate_logprobs,
+                                                 fitting_first_turn, rank_in, rank_model_turns, rank_speakers,
+                                                 roster_of, score_candidates, speaker_prompt, speaker_metrics,
+                                                 summarize_rankings)
 from gcrp_assets_tests.factories import SAMPLE
 
 torch = pytest.importorskip("torch")

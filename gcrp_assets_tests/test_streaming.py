@@ -9,14 +9,20 @@ import copy
 import pyarrow as pa
 import pytest
 
-from gcrp_assets.lib import schemas, stages
-from gcrp_assets.lib.cleaning import clean_thread, dump_scrubber
-from gcrp_assets.lib.dedup import find_duplicates
-from gcrp_assets.lib.dumps import iter_dump, read_dump
-from gcrp_assets.lib.filters import FilterRules, rejection_reason
+from gcrp_assets.lib.clean import stage as clean_stage
+
+from gcrp_assets.lib.ingest import stage as ingest_stage
+
+from gcrp_assets.lib.prompts import stage as prompt_stage
+
+from gcrp_assets.lib import schemas
+from gcrp_assets.lib.clean.cleaning import clean_thread, dump_scrubber
+from gcrp_assets.lib.clean.dedup import find_duplicates
+from gcrp_assets.lib.ingest.dumps import iter_dump, read_dump
+from gcrp_assets.lib.clean.filters import FilterRules, rejection_reason
 from gcrp_assets.lib.parquet import RowWriter, read_rows
-from gcrp_assets.lib.prompts import build_samples, load_system_template
-from gcrp_assets.lib.sheets import SheetTemplate
+from gcrp_assets.lib.prompts.samples import build_samples, load_system_template
+from gcrp_assets.lib.prompts.sheets import SheetTemplate
 from gcrp_assets_tests.factories import thread, write_jsonl
 from gcrp_assets_tests.test_importers import write_delimited
 
@@ -44,7 +50,7 @@ def _reference(path):
         cleaned = clean_thread(t, scrubber)
         verdict = rejection_reason(cleaned, FilterRules())
         if verdict:
-            rejects.append(stages.filter_reject(t, *verdict))
+            rejects.append(clean_stage.filter_reject(t, *verdict))
         else:
             candidates.append((t, cleaned))
     duplicates = {d.thread_id: d for d in find_duplicates([c for _, c in candidates])}
@@ -52,7 +58,7 @@ def _reference(path):
     for t, cleaned in candidates:
         if t["thread_id"] in duplicates:
             d = duplicates[t["thread_id"]]
-            rejects.append(stages.filter_reject(t, d.reason, d.detail))
+            rejects.append(clean_stage.filter_reject(t, d.reason, d.detail))
         else:
             kept.append(cleaned)
     rejects.sort(key=lambda r: r["line"])
@@ -66,12 +72,12 @@ def test_stages_stream_to_the_in_memory_result(tmp_path, batch):
     out = {name: tmp_path / f"{name}-{batch}" for name in ("raw", "filtered", "augmented")}
     for folder in out.values():
         folder.mkdir()
-    raw = stages.run_raw(path, out["raw"], batch=batch)
+    raw = ingest_stage.run_raw(path, out["raw"], batch=batch)
     assert (raw["lines"], raw["threads"], raw["rejected_lines"]) == (15, 14, 1)
     assert read_rows(out["raw"] / "threads.parquet") == _table(contents.threads, schemas.RAW_THREADS)
     assert read_rows(out["raw"] / "rejects.parquet") == _table(contents.rejects, schemas.REJECTS)
 
-    filtered = stages.run_filtered(out["raw"] / "threads.parquet", out["filtered"], batch=batch)
+    filtered = clean_stage.run_filtered(out["raw"] / "threads.parquet", out["filtered"], batch=batch)
     assert filtered["reasons"] == {"too_few_characters": 1, "exact_duplicate": 1, "near_duplicate": 1}
     assert filtered["threads_kept"] + filtered["threads_rejected"] == filtered["threads_in"] == 14
     assert read_rows(out["filtered"] / "threads.parquet") == _table(kept, schemas.FILTERED_THREADS)
@@ -80,7 +86,7 @@ def test_stages_stream_to_the_in_memory_result(tmp_path, batch):
     assert sorted(p.name for p in out["filtered"].iterdir()) == ["rejects.parquet", "threads.parquet"]  # no temp
 
     template, system = SheetTemplate.load(), load_system_template()
-    augmented = stages.run_augmented(out["filtered"] / "threads.parquet", out["raw"] / "threads.parquet",
+    augmented = prompt_stage.run_augmented(out["filtered"] / "threads.parquet", out["raw"] / "threads.parquet",
                                      out["augmented"], template, system, batch=batch)
     expected = [s for t in read_rows(out["filtered"] / "threads.parquet") for s in build_samples(t, template, system)]
     assert read_rows(out["augmented"] / "samples.parquet") == _table(expected, schemas.SAMPLES)
@@ -93,8 +99,8 @@ def test_stage_outputs_are_byte_identical_run_to_run(tmp_path):
     for run in ("a", "b"):
         raw, filtered = tmp_path / run / "raw", tmp_path / run / "filtered"
         raw.mkdir(parents=True), filtered.mkdir()
-        stages.run_raw(path, raw, batch=4)
-        stages.run_filtered(raw / "threads.parquet", filtered, batch=4)
+        ingest_stage.run_raw(path, raw, batch=4)
+        clean_stage.run_filtered(raw / "threads.parquet", filtered, batch=4)
         files.append([(raw / f).read_bytes() for f in ("threads.parquet", "rejects.parquet")] +
                      [(filtered / f).read_bytes() for f in ("threads.parquet", "rejects.parquet")])
     assert files[0] == files[1]
@@ -164,12 +170,12 @@ def test_post_table_streams_threads_in_order_once_their_rows_are_read(tmp_path):
 
 
 def test_raw_stage_failure_leaves_no_file(tmp_path):
-    from gcrp_assets.lib.dumps import DumpReadError
+    from gcrp_assets.lib.ingest.contract import DumpReadError
 
     path = tmp_path / "bad.jsonl"
     path.write_text("{nope\n{also not json\n", "utf-8")
     folder = tmp_path / "raw"
     folder.mkdir()
     with pytest.raises(DumpReadError):
-        stages.run_raw(path, folder)
+        ingest_stage.run_raw(path, folder)
     assert list(folder.iterdir()) == []

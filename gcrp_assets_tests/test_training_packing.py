@@ -4,8 +4,9 @@ samples scored one by one and as a padded batch."""
 import pytest
 import torch
 
-from gcrp_assets.lib.packing import PACKED_ATTENTION, Collator, attention_for, pack, pad, padding_waste
-from gcrp_assets.lib.tokenization import IGNORE
+from gcrp_assets.lib.training.packing import (PACKED_ATTENTION, Collator, attention_for, pack, pad,
+                                              padding_waste)
+from gcrp_assets.lib.formats.tokenization import IGNORE
 from gcrp_assets_tests.test_training_support import synthetic_rows
 
 

@@ -8,8 +8,10 @@ import pytest
 
 from gcrp_assets.defs.training import lora_checkpoint, trainer_command
 from gcrp_assets.defs.training_config import LoraConfig
-from gcrp_assets.lib.recipes import DEFAULTS, RECIPES, deepspeed_config, format_problem, hardware_problems
-from gcrp_assets.lib.schedules import accumulation_steps, scheduler_kwargs, steps_per_epoch, total_steps, wsd_lr_ratio
+from gcrp_assets.lib.training.recipes import (DEFAULTS, RECIPES, deepspeed_config, format_problem,
+                                              hardware_problems)
+from gcrp_assets.lib.training.schedules import (accumulation_steps, scheduler_kwargs, steps_per_epoch,
+                                                total_steps, wsd_lr_ratio)
 from gcrp_assets_tests.test_training_support import (extras_for, python, record_upstream, run_trainer, synthetic_rows,
                                                      test_instance, write_tokenized)
 

@@ -17,8 +17,9 @@ import dagster as dg
 
 from gcrp_assets.defs.partitions import dumps
 from gcrp_assets.defs.resources import DumpInbox
-from gcrp_assets.lib.dumps import DumpReadError, dump_digest, find_dumps
-from gcrp_assets.lib.inbox import InboxError, validate_dump_name
+from gcrp_assets.lib.ingest.contract import DumpReadError
+from gcrp_assets.lib.ingest.dumps import dump_digest, find_dumps
+from gcrp_assets.lib.ingest.inbox import InboxError, validate_dump_name
 
 A = dg.AutomationCondition
 

@@ -1,7 +1,7 @@
 """Data stages per dump: raw_threads -> filtered_threads -> augmented_prompts.
 
-Each asset is a thin Dagster layer over a streaming stage function of `gcrp_assets.lib.stages`
-(`run_raw`, `run_filtered`, `run_augmented`), the same functions `benchmarks/data_stages.py` measures:
+Each asset is a thin Dagster layer over a streaming stage function (`lib.ingest.stage.run_raw`,
+`lib.clean.stage.run_filtered`, `lib.prompts.stage.run_augmented`), the same functions `benchmarks/data_stages.py` measures:
 input read a batch at a time, outputs written incrementally with fixed Parquet writer options.
 """
 
@@ -17,17 +17,21 @@ from gcrp_assets.defs.automation import follow_upstream_data
 from gcrp_assets.defs.configs import FilterConfig, PromptConfig, RawConfig
 from gcrp_assets.defs.partitions import dumps
 from gcrp_assets.defs.resources import ArtifactStore, DumpInbox
-from gcrp_assets.lib.cleaning import CleaningOptions
-from gcrp_assets.lib.content_policy import PolicyConfig, check_thread, load_policy
-from gcrp_assets.lib.dedup import DedupConfig
-from gcrp_assets.lib.dumps import DumpReadError, dump_digest
-from gcrp_assets.lib.filters import REASONS, FilterRules
+from gcrp_assets.lib.clean.cleaning import CleaningOptions
+from gcrp_assets.lib.clean.content_policy import PolicyConfig, check_thread, load_policy
+from gcrp_assets.lib.clean.dedup import DedupConfig
+from gcrp_assets.lib.ingest.contract import DumpReadError
+from gcrp_assets.lib.ingest.dumps import dump_digest
+from gcrp_assets.lib.clean.filters import REASONS, FilterRules
 from gcrp_assets.lib.hashing import sha256_file
-from gcrp_assets.lib.prompts import PromptOptions, load_system_template
-from gcrp_assets.lib.base_model import model_dir_hash
-from gcrp_assets.lib.sheet_rewrite import LLMSheetRewriter, RewriteSettings
-from gcrp_assets.lib.sheets import SheetRewriter, SheetTemplate, normalize_sheet
-from gcrp_assets.lib.stages import LISTED_REJECTS, run_augmented, run_filtered, run_raw, sample_texts  # noqa: F401
+from gcrp_assets.lib.prompts.samples import PromptOptions, load_system_template
+from gcrp_assets.lib.training.base_model import model_dir_hash
+from gcrp_assets.lib.prompts.sheet_rewrite import LLMSheetRewriter, RewriteSettings
+from gcrp_assets.lib.prompts.sheets import SheetRewriter, SheetTemplate, normalize_sheet
+from gcrp_assets.lib.tables import LISTED_REJECTS
+from gcrp_assets.lib.prompts.stage import run_augmented
+from gcrp_assets.lib.clean.stage import run_filtered
+from gcrp_assets.lib.ingest.stage import run_raw  # noqa: F401
 from gcrp_assets.lib.tables import md_table
 
 # One module defines the three data stages, so they share its code closure (`lib.code_closure`).

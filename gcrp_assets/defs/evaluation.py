@@ -10,23 +10,23 @@ from gcrp_assets.defs.artifacts import build_or_reuse, code_version, latest_mate
 from gcrp_assets.defs.automation import follow_new_checkpoint
 from gcrp_assets.defs.configs import EvalConfig
 from gcrp_assets.defs.resources import ArtifactStore
-from gcrp_assets.lib import eval_metrics as em
-from gcrp_assets.lib import evaluation as ev
-from gcrp_assets.lib import speaker_selection as ss
-from gcrp_assets.lib.formats import get_format, render
-from gcrp_assets.lib.model_card import dataset_statistics, model_card, recommended_sampling
-from gcrp_assets.lib.ooc import split_ooc
-from gcrp_assets.lib.sillytavern import context_preset, instruct_preset
+from gcrp_assets.lib.evaluation import metrics as em
+from gcrp_assets.lib.evaluation import detectors, generation, losses, roles
+from gcrp_assets.lib.evaluation import speakers as ss
+from gcrp_assets.lib.formats.chat_format import get_format, render
+from gcrp_assets.lib.evaluation.model_card import dataset_statistics, model_card, recommended_sampling
+from gcrp_assets.lib.clean.ooc import split_ooc
+from gcrp_assets.lib.formats.sillytavern_presets import context_preset, instruct_preset
 from gcrp_assets.lib.parquet import read_rows
 from gcrp_assets.lib.plots import length_distribution_png, paired_scatter_png, role_loss_png, thread_delta_png
-from gcrp_assets.lib.precision import autocast, resolve_precision
-from gcrp_assets.lib.report import html_report, markdown_report
-from gcrp_assets.lib.tokenization import IGNORE, encode_rendered
-from gcrp_assets.lib.training_data import load_split
+from gcrp_assets.lib.training.precision import autocast, resolve_precision
+from gcrp_assets.lib.evaluation.report import html_report, markdown_report
+from gcrp_assets.lib.formats.tokenization import IGNORE, encode_rendered
+from gcrp_assets.lib.training.data import load_split
 
 EVAL_CODE = code_version(__name__)  # every project file this module imports (lib.code_closure)
 
-# Roles whose teacher-forced loss is reported beside the model-turn loss (lib/evaluation.py, role_mask).
+# Roles whose teacher-forced loss is reported beside the model-turn loss (lib/evaluation/roles.py, role_mask).
 REPORTED_ROLES = ("model_text", "model_name", "model_end", "user_text", "user_name", "user_end")
 
 
@@ -44,10 +44,10 @@ def _role_masks(rows: list[dict], samples: list[dict], fmt, tokenizer) -> tuple[
                               eos_token=tokenizer.eos_token)
             ids, offsets = encode_rendered(tokenizer, rendered)
             if list(ids) == list(row["input_ids"]) and (not row.get("text") or rendered.text == row["text"]):
-                mask = ev.role_mask(rendered, fmt, offsets)
+                mask = roles.role_mask(rendered, fmt, offsets)
                 for (a, b), role in list(zip(offsets, mask))[1:]:
-                    if role != ev.OTHER:
-                        name = ev.ROLE_NAMES[role]
+                    if role != roles.OTHER:
+                        name = roles.ROLE_NAMES[role]
                         counts[name] = counts.get(name, 0) + em.utf8_bytes(rendered.text[a:b])
         if mask is None:
             mismatches += 1
@@ -75,12 +75,12 @@ def _loss_section(model, tokenizer, rows: list[dict], samples: list[dict], fmt, 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     masks, role_bytes, mismatches = _role_masks(rows, samples, fmt, tokenizer)
     with autocast(precision):
-        adapter_scores = ev.per_row_scores(model, rows, pad_id, config.batch_size, roles=masks)
+        adapter_scores = losses.per_row_scores(model, rows, pad_id, config.batch_size, roles=masks)
         with model.disable_adapter():
-            base_scores = ev.per_row_scores(model, rows, pad_id, config.batch_size, roles=masks)
+            base_scores = losses.per_row_scores(model, rows, pad_id, config.batch_size, roles=masks)
     base_nll = [(s.nll, s.tokens) for s in base_scores]
     adapter_nll = [(s.nll, s.tokens) for s in adapter_scores]
-    base, adapter = ev.totals(base_nll), ev.totals(adapter_nll)
+    base, adapter = losses.totals(base_nll), losses.totals(adapter_nll)
     n_bytes = sum(em.utf8_bytes(tokenizer.decode([t for t, l in zip(r["input_ids"], r["labels"]) if l != IGNORE]))
                   for r in rows)
     paired = _paired(base_nll, adapter_nll, rows, config)
@@ -89,7 +89,7 @@ def _loss_section(model, tokenizer, rows: list[dict], samples: list[dict], fmt, 
     for role in REPORTED_ROLES:
         b = [base_scores[k].roles.get(role, (0.0, 0)) for k in scored]
         a = [adapter_scores[k].roles.get(role, (0.0, 0)) for k in scored]
-        tb, ta = ev.totals(b), ev.totals(a)
+        tb, ta = losses.totals(b), losses.totals(a)
         if not tb.tokens:
             roles[role] = {"tokens": 0}
             continue
@@ -159,21 +159,21 @@ BINARY = (
 )
 
 
-def score_continuation(cont: "ev.Continuation", case: "ev.GenerationCase", fmt, eos_token) -> dict:
+def score_continuation(cont: "generation.Continuation", case: "generation.GenerationCase", fmt, eos_token) -> dict:
     """Detector outcomes of one continuation, with stops off (the continuation) and on (the shown reply)."""
     text = cont.text
-    shown, fired = ev.stops_on(text, fmt, eos_token)
+    shown, fired = generation.stops_on(text, fmt, eos_token)
     others = [n for n in case.roster if n not in (case.speaker, case.user_character)]
-    offset = ev.impersonation_offset(text, case.user_character, fmt)
+    offset = detectors.impersonation_offset(text, case.user_character, fmt)
     outcome = em.stop_outcome(text, fmt.stop_strings, fmt.turn_suffix, cont.hit_cap)
     return {
         "continuation": text, "reply": shown, "n_tokens": cont.n_tokens, "hit_cap": cont.hit_cap,
         "stop": outcome, "impersonation_offset": offset,
         "impersonation": offset is not None,
-        "other_character": bool(ev.speaker_headers(text, others, fmt)),
+        "other_character": bool(detectors.speaker_headers(text, others, fmt)),
         "run_on": outcome == "run_on", "natural_stop": outcome == "natural_stop", "truncated": outcome == "truncated",
-        "impersonation_shown": ev.impersonation_offset(shown, case.user_character, fmt) is not None,
-        "other_character_shown": bool(ev.speaker_headers(shown, others, fmt)),
+        "impersonation_shown": detectors.impersonation_offset(shown, case.user_character, fmt) is not None,
+        "other_character_shown": bool(detectors.speaker_headers(shown, others, fmt)),
         "truncated_shown": not (fired or cont.stopped_by_eos),
         "template_leak": em.template_leaks(shown),
         "ooc": bool(split_ooc(shown).remarks),
@@ -232,7 +232,7 @@ def _generation_section(model, tokenizer, samples: list[dict], fmt, config: Eval
     min_p = config.min_p if config.min_p >= 0 else sampling["min_p"]
     max_new = config.max_new_tokens or (512 if cuda else 40)
     k = max(0, config.samples_per_context)
-    cases = ev.generation_cases(samples, fmt, tokenizer, config.max_prompt_tokens, n_contexts)
+    cases = generation.generation_cases(samples, fmt, tokenizer, config.max_prompt_tokens, n_contexts)
     seeds = [config.seed * 1_000_003 + i for i in range(len(cases))]
     generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     generation_eos = generation_eos if isinstance(generation_eos, list) else [generation_eos]
@@ -248,11 +248,11 @@ def _generation_section(model, tokenizer, samples: list[dict], fmt, config: Eval
         with autocast(gen_precision):
             if arm == "base":
                 with model.disable_adapter():
-                    outputs[arm] = ev.generate_batch(model, tokenizer, prompts, max_new_tokens=max_new,
+                    outputs[arm] = generation.generate_batch(model, tokenizer, prompts, max_new_tokens=max_new,
                                                      n_samples=k, temperature=temperature, min_p=min_p, seeds=seeds,
                                                      batch_size=batch, eos_token_ids=eos_ids)
             else:
-                outputs[arm] = ev.generate_batch(model, tokenizer, prompts, max_new_tokens=max_new,
+                outputs[arm] = generation.generate_batch(model, tokenizer, prompts, max_new_tokens=max_new,
                                                  n_samples=k, temperature=temperature, min_p=min_p, seeds=seeds,
                                                  batch_size=batch, eos_token_ids=eos_ids)
     by_thread: dict[str, list[str]] = {}
@@ -272,7 +272,7 @@ def _generation_section(model, tokenizer, samples: list[dict], fmt, config: Eval
     summary.update({"n": len(records), "n_contexts": len(records), "samples_per_context": k,
                     "settings": {"temperature": temperature, "min_p": min_p, "seed": config.seed,
                                  "max_new_tokens": max_new, "max_prompt_tokens": config.max_prompt_tokens,
-                                 "batch_size": batch, "precision": gen_precision, "stop_markers": ev.stop_markers(fmt, tokenizer.eos_token),
+                                 "batch_size": batch, "precision": gen_precision, "stop_markers": generation.stop_markers(fmt, tokenizer.eos_token),
                                  "eos_token_ids": eos_ids}})
     for r in records:
         del r["history"], r["thread_turns"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from gcrp_assets.lib.inbox import DumpNotInInbox, InboxError, resolve_dump, validate_dump_name
+from gcrp_assets.lib.ingest.inbox import DumpNotInInbox, InboxError, resolve_dump, validate_dump_name
 
 
 def packaged_inbox() -> Path:

@@ -9,7 +9,7 @@ import dagster as dg
 import psutil
 
 from gcrp_assets.defs.partitions import dumps
-from gcrp_assets.lib.dumps import find_dumps
+from gcrp_assets.lib.ingest.dumps import find_dumps
 
 
 @dataclass

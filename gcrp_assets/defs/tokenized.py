@@ -14,14 +14,15 @@ from gcrp_assets.defs.data_stages import augmented_prompts
 from gcrp_assets.defs.partitions import dumps
 from gcrp_assets.defs.resources import ArtifactStore
 from gcrp_assets.lib import schemas
-from gcrp_assets.lib.dedup import DedupConfig, drop_cross_dump_duplicates
-from gcrp_assets.lib.formats import get_format, render, resolve_label_policy
+from gcrp_assets.lib.clean.dedup import DedupConfig, drop_cross_dump_duplicates
+from gcrp_assets.lib.formats.chat_format import get_format, render, resolve_label_policy
 from gcrp_assets.lib.hashing import sha256_file
 from gcrp_assets.lib.parquet import read_rows, write_table
 from gcrp_assets.lib.plots import length_histogram_png, markdown_image
-from gcrp_assets.lib.split import assign_splits
+from gcrp_assets.lib.formats.split import assign_splits
 from gcrp_assets.lib.tables import md_table
-from gcrp_assets.lib.tokenization import IGNORE, check_no_trained_tokens_in_masked_turns, tokenize_samples
+from gcrp_assets.lib.formats.tokenization import (IGNORE, check_no_trained_tokens_in_masked_turns,
+                                                  tokenize_samples)
 
 TOKENIZE_CODE = code_version(__name__)  # every project file this module imports (lib.code_closure)
 

@@ -13,10 +13,11 @@ from gcrp_assets.defs.artifacts import Built, build_or_reuse, code_version, fini
 from gcrp_assets.defs.configs import TokenizeConfig
 from gcrp_assets.defs.training_config import LoraConfig
 from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource
-from gcrp_assets.lib.base_model import check_hf_model_dir, convert_gguf, model_dir_hash, packaged_gguf
+from gcrp_assets.lib.training.base_model import (check_hf_model_dir, convert_gguf, model_dir_hash,
+                                                 packaged_gguf)
 from gcrp_assets.lib.hashing import sha256_file, sha256_json, short
-from gcrp_assets.lib.recipes import format_problem, hardware_problems
-from gcrp_assets.lib.training_data import losses_are_finite
+from gcrp_assets.lib.training.recipes import format_problem, hardware_problems
+from gcrp_assets.lib.training.data import losses_are_finite
 
 BASE_MODEL_CODE = code_version(__name__)
 TRAINER = "gcrp_assets.trainer.train"  # runs in its own process: its closure joins this module's

@@ -1,6 +1,6 @@
 """Run configuration of lora_checkpoint (Launchpad, `--config-json`, or `-c run.yaml`).
 
-`recipe` picks a preset (`gcrp_assets/lib/recipes.py`): its values apply to every field you leave unset;
+`recipe` picks a preset (`gcrp_assets/lib/training/recipes.py`): its values apply to every field you leave unset;
 a field you set always wins, even when you set it to the `smoke` value. Unset fields show as `null` and
 resolve to the recipe's value, else to the `smoke` default named in each description (today's CPU
 defaults). Only `recipe`, `allow_cpu` and `force` have plain defaults. `resolved()` gives the values a
@@ -13,7 +13,7 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field
 
-from gcrp_assets.lib.recipes import DEFAULTS, resolve
+from gcrp_assets.lib.training.recipes import DEFAULTS, resolve
 
 
 def _f(name: str, text: str):

@@ -2,7 +2,7 @@
 
 A cached artifact may be reused only if it was built by the same code, so a stage's code version must cover
 every project module the stage can execute, not a hand-kept list. `module_closure` follows every `import`
-and `from … import …` statement (module level and inside functions, since importers are imported lazily) that
+and `from … import …` statement (module level and inside functions, since some modules import lazily) that
 names a module of this package, parents' `__init__` included. Packaged data folders (`templates/`,
 `formats/`) join the closure when a module in it names the folder (`gcrp_assets.templates`, `"formats"`).
 The closure over-approximates (a module imported for one function brings all of its code), which can only

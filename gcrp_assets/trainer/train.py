@@ -46,14 +46,15 @@ class _RankLogger:
 def run(pipes: PipesContext | None) -> None:
     import torch
 
-    from gcrp_assets.lib.formats import chat_template, get_format
+    from gcrp_assets.lib.formats.chat_format import chat_template, get_format
     from gcrp_assets.lib.hashing import sha256_file
-    from gcrp_assets.lib.packing import Collator, attention_for
+    from gcrp_assets.lib.training.packing import Collator, attention_for
     from gcrp_assets.lib.plots import loss_curve_png, markdown_image
-    from gcrp_assets.lib.precision import resolve_precision
-    from gcrp_assets.lib.recipes import deepspeed_config, format_problem, hardware_problems
-    from gcrp_assets.lib.schedules import accumulation_steps, scheduler_kwargs, steps_per_epoch, total_steps
-    from gcrp_assets.lib.training_data import data_formats, load_split, losses_are_finite
+    from gcrp_assets.lib.training.precision import resolve_precision
+    from gcrp_assets.lib.training.recipes import deepspeed_config, format_problem, hardware_problems
+    from gcrp_assets.lib.training.schedules import (accumulation_steps, scheduler_kwargs, steps_per_epoch,
+                                                    total_steps)
+    from gcrp_assets.lib.training.data import data_formats, load_split, losses_are_finite
 
     log = pipes.log if pipes else _RankLogger()
     # Every rank needs the arguments; only rank 0 opens the Pipes channel, so they also travel by env.

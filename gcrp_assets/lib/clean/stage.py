@@ -1,21 +1,9 @@
-"""The per-dump data stages as plain, streaming functions: raw -> filtered -> augmented.
+"""The `filtered_threads` stage as a plain streaming function: raw threads -> kept threads + rejects.
 
-The Dagster assets (`gcrp_assets.defs.data_stages`) and `benchmarks/data_stages.py` both call these,
-so the benchmark measures the code the pipeline runs. Each function reads its input a batch of
-`batch` rows at a time (`iter_dump`, `ParquetFile.iter_batches`), writes its outputs incrementally
-(`parquet.RowWriter`: fixed writer options, one row group per batch, so the same input gives a
-byte-identical file), and returns a plain dict of counts and previews from which the asset builds
-its metadata. Nothing imports Dagster here.
-
-What grows with the dump (everything else is one batch):
-
-- `run_raw`: the thread_ids seen (duplicate-id check) — see `dumps.DumpReader` per layout;
-- `run_filtered`: the dump's handle and character-name sets (the scrubber; one pass over only
-  those Parquet columns), the dedup index (`dedup.SignatureStore`: 8 bytes per thread + 8 per LSH
-  band, the thread key; the MinHash rows spilled to a file) and the duplicates found;
-- `run_augmented`: the dump's handle sets (privacy check).
-
-Previews and reject listings in the returned dicts are capped (`PREVIEW_ROWS`, `LISTED_REJECTS`).
+What grows with the dump (everything else is one batch): the dump's handle and character-name sets (the
+scrubber; one pass over only those Parquet columns), the dedup index (`dedup.SignatureStore`: 8 bytes per
+thread + 8 per LSH band, the thread key; the MinHash rows spilled to a file) and the duplicates found.
+`raw_scrubber` is shared with the `augmented_prompts` stage (its privacy check).
 """
 
 from __future__ import annotations
@@ -26,68 +14,19 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterator
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gcrp_assets.lib import schemas
-from gcrp_assets.lib.cleaning import HANDLE_COLUMNS, CleaningOptions, clean_thread, dump_handles_arrow, ic_turns
-from gcrp_assets.lib.dedup import DedupConfig, Duplicate, SignatureStore
-from gcrp_assets.lib.dumps import iter_dump, limit_records
-from gcrp_assets.lib.filters import FilterRules, raw_rejection_reason, rejection_reason
+from gcrp_assets.lib.clean.cleaning import (HANDLE_COLUMNS, CleaningOptions, clean_thread, dump_handles_arrow,
+                                            ic_turns)
+from gcrp_assets.lib.clean.dedup import DedupConfig, Duplicate, SignatureStore
+from gcrp_assets.lib.clean.filters import FilterRules, raw_rejection_reason, rejection_reason
 from gcrp_assets.lib.parquet import BATCH_ROWS, RowWriter, iter_rows
-from gcrp_assets.lib.privacy import HandleScrubber
-from gcrp_assets.lib.prompts import PromptOptions, build_samples, human_turns_trained
-from gcrp_assets.lib.sheets import SheetRewriter, SheetTemplate, normalize_sheet
+from gcrp_assets.lib.clean.privacy import HandleScrubber
 from gcrp_assets.lib.tables import clip
-
-PREVIEW_ROWS = 10
-LISTED_REJECTS = 200  # rejects listed in raw_threads' metadata (all are in rejects.parquet)
-
-
-# ---------------------------------------------------------------------------------------------------
-# raw_threads
-# ---------------------------------------------------------------------------------------------------
-def run_raw(path: Path, folder: Path, batch: int = BATCH_ROWS,
-            on_reject: Callable[[dict], None] | None = None, max_record_bytes: int | None = None) -> dict:
-    """One dump (any layout) -> `threads.parquet` (RAW_THREADS) and `rejects.parquet` (REJECTS) in `folder`.
-
-    Raises `dumps.DumpReadError` when the dump cannot be read at all (no file is left in place then).
-    `on_reject` sees every reject as it is written (the asset logs it). `max_record_bytes` (None: the
-    default, `dumps.MAX_RECORD_BYTES`): every reader enforces it, a longer record is `record_too_large`.
-    """
-    with limit_records(max_record_bytes):
-        return _run_raw(path, folder, batch, on_reject)
-
-
-def _run_raw(path: Path, folder: Path, batch: int, on_reject: Callable[[dict], None] | None) -> dict:
-    reader = iter_dump(path)
-    threads = RowWriter(folder / "threads.parquet", schemas.RAW_THREADS, batch)
-    rejects = RowWriter(folder / "rejects.parquet", schemas.REJECTS, batch)
-    posts, preview, listed = 0, [], []
-    try:
-        for kind, record in reader:
-            if kind == "thread":
-                threads.add(record)
-                posts += len(record["posts"])
-                if len(preview) < PREVIEW_ROWS:
-                    preview.append((record["thread_id"], clip(record["title"], 40), len(record["characters"]),
-                                    len(record["posts"])))
-            else:
-                rejects.add(record)
-                if on_reject is not None:
-                    on_reject(record)
-                if len(listed) < LISTED_REJECTS:
-                    listed.append((record["dump"], record["line"], record["reason"], clip(record["detail"], 120)))
-    except BaseException:
-        threads.abort()
-        rejects.abort()
-        raise
-    stats = reader.stats
-    return {"layout": stats.layout, "lines": stats.lines, "records_read": stats.rows, "ooc_rows": stats.ooc_rows,
-            "system_messages": stats.system_messages, "threads": threads.close(),
-            "rejected_lines": rejects.close(), "posts": posts, "rejects_listed": listed, "preview": preview}
+from gcrp_assets.lib.tables import LISTED_REJECTS
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -122,7 +61,11 @@ def raw_scrubber(raw_path: Path, batch: int = BATCH_ROWS, authors_are_characters
 # again by its thread_id, which raw_threads keeps unique within the dump (`(file, line)` alone is not:
 # every chat file of a SillyTavern export has its own line 1).
 _SEQ = pa.field("seq", pa.int64())
+
+
 _CANDIDATE_SCHEMA = schemas.FILTERED_THREADS.append(_SEQ)
+
+
 _SEQ_REJECTS = schemas.REJECTS.append(_SEQ)
 
 
@@ -258,57 +201,3 @@ class _KeptSummary:
         return {**{k: self.totals[k] for k in keys}, "threads_with_handle_leaks": len(self.leaks),
                 "handle_leaks": self.leaks[:LISTED_REJECTS], "characters_per_thread": sorted(self.characters.items()),
                 "preview": self.preview}
-
-
-# ---------------------------------------------------------------------------------------------------
-# augmented_prompts
-# ---------------------------------------------------------------------------------------------------
-def sample_texts(sample: dict) -> list[str]:
-    """Every text column of a sample: what the privacy check scans."""
-    texts = [sample["system"], sample["user_character"], sample["sheets"], sample.get("name_map") or ""]
-    for turn in sample["turns"]:
-        texts += [turn["text"], turn.get("name") or ""]
-    return texts
-
-
-def run_augmented(filtered_path: Path, raw_path: Path, folder: Path, sheet_template: SheetTemplate,
-                  system_template, options: PromptOptions = PromptOptions(),
-                  sheet_rewriter: SheetRewriter = normalize_sheet, batch: int = BATCH_ROWS,
-                  authors_are_characters: bool = False) -> dict:
-    """filtered_threads' `threads.parquet` -> `samples.parquet` (SAMPLES) in `folder`, one thread at a time.
-
-    Every sample's text columns are scanned for every handle of the dump (from `raw_path`, raw_threads'
-    handle columns only) as it is written: `samples_with_handle_leaks` must be 0. Every sample is also
-    checked against its thread's `human` (the character the dump marks as the human user's):
-    `samples_training_human_turns` (samples with a model turn spoken by that character) must be 0.
-    """
-    scrubber = raw_scrubber(raw_path, batch, authors_are_characters)
-    roles: Counter[str] = Counter()
-    threads = ooc_user_turns = threads_with_human = 0
-    leaks: list[str] = []
-    human_trained: list[str] = []
-    example = None
-    with RowWriter(folder / "samples.parquet", schemas.SAMPLES, batch) as samples:
-        for thread in iter_rows(filtered_path, batch=batch):
-            threads += 1
-            human = thread.get("human")
-            threads_with_human += bool(human)
-            aliases = {a: c["name"] for c in thread["characters"] for a in c.get("aliases") or []}
-            for sample in build_samples(thread, sheet_template, system_template, options=options,
-                                        sheet_rewriter=sheet_rewriter):
-                if human_turns_trained(sample, aliases.get(human, human), aliases):
-                    human_trained.append(sample["sample_id"])
-                samples.add(sample)
-                example = sample["system"] if example is None else example
-                for turn in sample["turns"]:
-                    roles[turn["role"]] += 1
-                    ooc_user_turns += turn["role"] == "user" and not turn["name"]
-                if scrubber.find("\n".join(sample_texts(sample))):
-                    leaks.append(sample["sample_id"])
-    n = samples.n
-    return {"samples": n, "threads": threads, "samples_per_thread": round(n / max(threads, 1), 3),
-            "user_turns": roles["user"], "model_turns": roles["model"], "ooc_user_turns": ooc_user_turns,
-            "samples_with_handle_leaks": len(leaks), "handle_leaks": sorted(leaks)[:LISTED_REJECTS],
-            "threads_with_marked_human": threads_with_human, "samples_training_human_turns": len(human_trained),
-            "human_trained_samples": sorted(human_trained)[:LISTED_REJECTS],
-            "system_prompt_example": example or ""}

@@ -21,11 +21,11 @@ is what rejects and a thread's `line` point at: a thread's `line` is the row of 
 
 Hostile input is read with bounded memory and never fails the whole dump where one record can be
 rejected instead: a row (or a thread's rows together) larger than `max_record_bytes` (default
-`dumps.MAX_RECORD_BYTES`) is rejected `record_too_large` without being held whole (CSV/TSV through
+`lines.MAX_RECORD_BYTES`) is rejected `record_too_large` without being held whole (CSV/TSV through
 bounded lines, `_CsvFeed`; Parquet by its page sizes, `_parquet_rows`); a row that is not UTF-8 is
 `not_utf8`, one the csv module cannot parse `invalid_csv`; a Parquet list or struct where text belongs
 is rejected naming the column and the type, never stringified; where a `.csv.gz` breaks or expands past
-`dumps.MAX_EXPANSION_RATIO` (`truncated`, `decompression_limit`) or a Parquet row group cannot be decoded
+`lines.MAX_EXPANSION_RATIO` (`truncated`, `decompression_limit`) or a Parquet row group cannot be decoded
 (`invalid_parquet`), one reject names the place and the threads read before it are kept. Details name
 the file, row, line and column, never a cell's content (a thread id or thread_type excepted).
 One bad row (empty author or message, an unnamed sheet, a ragged CSV row) rejects its whole
@@ -46,10 +46,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-from gcrp_assets.lib import dumps
-from gcrp_assets.lib.dumps import DumpContents, DumpReadError, _reject, _validate_thread, dump_name
-from gcrp_assets.lib.markup import to_text
-from gcrp_assets.lib.sheets import SheetTemplate, parse_sheet
+from gcrp_assets.lib.ingest import lines
+from gcrp_assets.lib.ingest.contract import (DumpContents, DumpReadError, record_reject, validate_thread,
+                                             dump_name)
+from gcrp_assets.lib.clean.markup import to_text
+from gcrp_assets.lib.prompts.sheets import SheetTemplate, parse_sheet
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "thread_id": ("thread_id", "thread_title", "thread_href"),
@@ -285,7 +286,7 @@ _STOPS = ("truncated", "decompression_limit")
 class _CsvFeed:
     """The lines of a CSV/TSV file (gzip too) for `csv.reader`, never holding more than `limit` bytes of a row.
 
-    `dumps.LineSource` reads each physical line bounded. While a row's lines fit the limit they are fed to
+    `lines.LineSource` reads each physical line bounded. While a row's lines fit the limit they are fed to
     the csv reader as they are. When a row grows past it (one huge line, or a quoted field running over
     many lines), the rest of the row is skipped without being held (`LineSource.skip_quoted`): where it
     ends is told by quote parity (with the default dialect a row ends at a newline outside quotes; the csv
@@ -300,8 +301,8 @@ class _CsvFeed:
     def __init__(self, path: Path, limit: int):
         self.limit = limit
         self.head_bytes = min(_HEAD_BYTES, limit)
-        self.source = dumps.LineSource(path, limit, head_bytes=self.head_bytes, count=b'"', keep_newline=True)
-        self.stop: dumps.RecordLine | None = None  # the `truncated` / `decompression_limit` line, if any
+        self.source = lines.LineSource(path, limit, head_bytes=self.head_bytes, count=b'"', keep_newline=True)
+        self.stop: lines.RecordLine | None = None  # the `truncated` / `decompression_limit` line, if any
         self.cut = False  # the stream stopped inside the current row
         self.rows_done = 0
         self.done = False  # every line was read
@@ -377,11 +378,11 @@ def _text_rows(path: Path, limit: int) -> Iterator[_Row]:
     and a final `brk` row says where, so every row before it is kept.
     """
     name = path.name
-    lines = dumps.iter_record_lines(path, limit)
+    records = lines.iter_record_lines(path, limit)
     try:
-        first = next(lines, None)
+        first = next(records, None)
     finally:
-        lines.close()
+        records.close()
     if first is None or (first.data is not None and not first.data.strip()):
         raise DumpReadError(f"{name}: line 1: post table has no header row"
                             + (" (the file is empty)" if first is None else ""))
@@ -860,14 +861,14 @@ def iter_post_table(path: Path, out: DumpContents, max_record_bytes: int | None 
     post is at the end of the file). Character sheets of a link no IC thread uses are held to the end,
     where they are rejected (`no_posts`). Same records, same order as reading it whole.
 
-    A thread is one record, so it obeys `max_record_bytes` (default `dumps.MAX_RECORD_BYTES`) as a JSONL
+    A thread is one record, so it obeys `max_record_bytes` (default `lines.MAX_RECORD_BYTES`) as a JSONL
     line does: a thread whose rows (with its sheets) are larger is rejected (`record_too_large`) and its
     rows are never collected; so is a thread with a row too large to read. Where the file breaks
     (truncated `.gz`, decompression limit, a Parquet row group that cannot be decoded) one reject names the
     place, and the thread of the last row read before it is rejected with the same reason (it may be
     missing rows); the threads before it are kept.
     """
-    limit = max_record_bytes or dumps.record_limit()
+    limit = max_record_bytes or lines.record_limit()
     dump = out.dump
     plans: dict[str, _Plan] = {}  # by thread_id, in order of first appearance
     sheet_rows: dict[str, list[int]] = {}  # link -> its Characters rows
@@ -878,7 +879,7 @@ def iter_post_table(path: Path, out: DumpContents, max_record_bytes: int | None 
     for row in _rows(path, limit):  # pass 1
         if row.brk:
             out.lines += 1
-            yield "reject", _reject(dump, row.number, row.reason, row.problem, "", where=f"{dump}:row {row.number}")
+            yield "reject", record_reject(dump, row.number, row.reason, row.problem, "", where=f"{dump}:row {row.number}")
             if last is not None:
                 link, thread_id = _link(last), last.values["thread_id"]
                 for tid, plan in plans.items():
@@ -891,7 +892,7 @@ def iter_post_table(path: Path, out: DumpContents, max_record_bytes: int | None 
         if not thread_id:
             out.lines += 1
             detail = row.problem or f"row {row.number} has an empty thread_id"
-            yield "reject", _reject(dump, row.number, row.reason if row.problem else "invalid_thread", detail,
+            yield "reject", record_reject(dump, row.number, row.reason if row.problem else "invalid_thread", detail,
                                     _record([row]), where=f"{dump}:row {row.number}")
             continue
         last = row
@@ -928,7 +929,7 @@ def iter_post_table(path: Path, out: DumpContents, max_record_bytes: int | None 
             head += 1
             out.lines += 1
             if plan.size > limit:
-                yield "reject", _reject(
+                yield "reject", record_reject(
                     dump, plan.first_row, "record_too_large", f"thread {_shown(thread_id)}: " + (
                         plan.too_large or f"its rows ({plan.first_row}-{plan.last_row}) and sheets are "
                                           f"{plan.size:,} bytes, more than max_record_bytes ({limit:,})"), "",
@@ -977,7 +978,7 @@ def iter_post_table(path: Path, out: DumpContents, max_record_bytes: int | None 
                 reason, detail = "no_posts", (f"thread {_shown(link)} has character sheets (rows "
                                               f"{', '.join(str(n) for n in numbers)}) but no IC posts in this dump")
             record = _record(rows)
-        yield "reject", _reject(dump, first, reason, detail, record, sheet_thread[link], where=f"{dump}:row {first}")
+        yield "reject", record_reject(dump, first, reason, detail, record, sheet_thread[link], where=f"{dump}:row {first}")
     for link, count in ooc.items():
         if link not in used_links:
             out.ooc_rows_by_thread[link] = count
@@ -1013,7 +1014,7 @@ def _build(out: DumpContents, thread: _Thread, sheet_rows: list[_Row],
         problems.sort()
         _, first_row, first, reason = problems[0]
         more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
-        return "reject", _reject(dump, first_row, reason, f"thread {_shown(thread.thread_id)}: {first}{more}",
+        return "reject", record_reject(dump, first_row, reason, f"thread {_shown(thread.thread_id)}: {first}{more}",
                                  _record(all_rows), thread.thread_id, where=f"{dump}:row {first_row}")
 
     record = {
@@ -1031,8 +1032,8 @@ def _build(out: DumpContents, thread: _Thread, sheet_rows: list[_Row],
     }
     first_row = thread.rows[0].number
     try:
-        canonical = _validate_thread(record)
+        canonical = validate_thread(record)
     except ValueError as exc:
-        return "reject", _reject(dump, first_row, "invalid_thread", f"thread {thread.thread_id!r}: {exc}",
+        return "reject", record_reject(dump, first_row, "invalid_thread", f"thread {thread.thread_id!r}: {exc}",
                                  _record(all_rows), thread.thread_id, where=f"{dump}:row {first_row}")
     return "thread", {"dump": dump, "file": dump, "line": first_row, **canonical}

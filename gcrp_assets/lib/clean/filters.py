@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gcrp_assets.lib import content_policy
-from gcrp_assets.lib.language import SCORERS, language_score
+from gcrp_assets.lib.clean import content_policy
+from gcrp_assets.lib.clean.language import SCORERS, language_score
 
 
 @dataclass(frozen=True)

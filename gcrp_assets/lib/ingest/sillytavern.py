@@ -51,13 +51,13 @@ and its sheet (`cards.card_sheet`: the card's facts, no instructions); then the 
 
 Records and rejects: every chat file, and every card or group file that could not be used, is one
 record (`DumpContents.lines`). Chats are read line by line with bounded memory
-(`dumps.iter_record_lines`); a line too long (`record_too_large`), a broken compressed stream
+(`lines.iter_record_lines`); a line too long (`record_too_large`), a broken compressed stream
 (`truncated`, `decompression_limit`), bad UTF-8, bad JSON (also too deeply nested, or a huge
 integer) or a malformed message rejects its chat, naming file and line (a chat with a missing turn
 would teach replies to a message that is not there). An unreadable card or group is recorded
 (`invalid_card`, `invalid_group`, `record_too_large` for a card or group file over
 `cards.MAX_CARD_BYTES`, which is not read) and its chats are kept without that sheet or title. A
-chat reject's record is the chat as read, up to `dumps.MAX_RECORD_BYTES`. `secrets.json` (API
+chat reject's record is the chat as read, up to `lines.MAX_RECORD_BYTES`. `secrets.json` (API
 keys) is never opened. No exception raised while reading one file stops the dump.
 """
 
@@ -72,12 +72,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from gcrp_assets.lib import dumps
-from gcrp_assets.lib.dumps import DumpContents, DumpReadError, _reject, _validate_thread, dump_name
-from gcrp_assets.lib.inbox import inbox_root, outside_link
-from gcrp_assets.lib.importers import cards as card_lib
-from gcrp_assets.lib.importers.cards import (Card, CardError, CardTooLarge, card_from_json, card_sheet,
-                                             has_card_chunk, looks_like_card, persona_sheet, read_card)
+from gcrp_assets.lib.ingest import contract, lines
+from gcrp_assets.lib.ingest.contract import (DumpContents, DumpReadError, record_reject, validate_thread,
+                                             dump_name)
+from gcrp_assets.lib.ingest.inbox import inbox_root, outside_link
+from gcrp_assets.lib.ingest import cards as card_lib
+from gcrp_assets.lib.ingest.cards import (Card, CardError, CardTooLarge, card_from_json, card_sheet,
+                                          has_card_chunk, looks_like_card, persona_sheet, read_card)
 
 USER_HANDLE = "st-user"
 NARRATOR_HANDLE = "st-narrator"
@@ -182,7 +183,7 @@ def _walk(folder: Path) -> list[_File]:
             if name.startswith(".") or not path.is_file():
                 continue
             if path.is_symlink() and outside_link(path, boundary):
-                raise dumps.DumpReadError(f"{path.relative_to(folder.parent).as_posix()}: a symbolic link to a place "
+                raise contract.DumpReadError(f"{path.relative_to(folder.parent).as_posix()}: a symbolic link to a place "
                                           "outside the inbox; refused (dumps are read from the inbox only)")
             out.append(_File(path, "/".join(parts + (name,)), place))
     return sorted(out, key=lambda f: f.rel)
@@ -195,7 +196,7 @@ def _is_chat(file: _File) -> bool:
 def _first_record(path: Path) -> bytes | None:
     """The first non-blank line of a chat file, read with bounded memory; None when there is none."""
     try:
-        for seen, record in enumerate(dumps.iter_record_lines(path)):
+        for seen, record in enumerate(lines.iter_record_lines(path)):
             if record.data is None or seen > 20:
                 return None
             if record.data.strip():
@@ -318,7 +319,7 @@ class _Chat:
     thread_id: str
     lines: list[str] = field(default_factory=list)  # the lines read, as the reject record (up to a limit)
     kept: int = 0  # bytes in `lines`
-    clipped: bool = False  # lines past dumps.MAX_RECORD_BYTES were read but not kept for the record
+    clipped: bool = False  # lines past lines.MAX_RECORD_BYTES were read but not kept for the record
     header: dict | None = None
     messages: list[tuple[int, dict, str]] = field(default_factory=list)  # (line, message, kind)
     system: int = 0
@@ -326,7 +327,7 @@ class _Chat:
     error: tuple[int, str, str] | None = None  # (line, reason, detail)
 
     def keep(self, data: bytes) -> None:
-        if self.kept + len(data) > dumps.record_limit():
+        if self.kept + len(data) > lines.record_limit():
             self.clipped = True
             return
         self.kept += len(data) + 1
@@ -396,20 +397,20 @@ def _message_problem(obj: Any, kind: str) -> str | None:
 
 def _parse_line(data: bytes, number: int) -> tuple[Any, tuple[int, str, str] | None]:
     """A chat line's JSON, or the (line, reason, detail) that rejects the chat: bad UTF-8, bad JSON, JSON
-    nested too deeply or with an integer longer than Python reads (`dumps.parse_json_line`)."""
+    nested too deeply or with an integer longer than Python reads (`lines.parse_json_line`)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return None, (number, "not_utf8", f"line {number} is not UTF-8: {exc.reason}")
     try:
-        return dumps.parse_json_line(text), None
-    except dumps.JsonLineError as exc:
+        return lines.parse_json_line(text), None
+    except lines.JsonLineError as exc:
         return None, (number, "invalid_json", str(exc))
 
 
-def _record_lines(path: Path) -> Iterator[dumps.RecordLine]:
+def _record_lines(path: Path) -> Iterator[lines.RecordLine]:
     """The chat's lines, with the limits `dumps` has at call time (tests may lower them)."""
-    return dumps.iter_record_lines(path)
+    return lines.iter_record_lines(path)
 
 
 def _read_chat(file: _File, thread_id: str) -> _Chat:
@@ -568,7 +569,7 @@ def iter_sillytavern(path: Path, out: DumpContents) -> Iterator[tuple[str, dict]
     def reject(file: _File, line: int, reason: str, detail: str, record: str, thread_id: str | None = None,
                located: bool = True):
         out.lines += 1
-        return "reject", _reject(dump, line, reason, detail, record, thread_id,
+        return "reject", record_reject(dump, line, reason, detail, record, thread_id,
                                  where=where(file, line if located else None),
                                  file=file.rel if in_folder else dump)
 
@@ -765,7 +766,7 @@ def _thread(chat: _Chat, group: _Group | None, cards: _Cards, personas: _Persona
         description = _persona_description(personas, avatar, [human, *aliases])
         characters.append({"name": human, "player": USER_HANDLE,
                            "sheet": persona_sheet(description, human) if description else None, "aliases": aliases})
-    return _validate_thread({
+    return validate_thread({
         "thread_id": chat.thread_id,
         "title": group.name if group else None,
         "forum": FORUM,

@@ -39,9 +39,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gcrp_assets.lib.base_model import model_dir_hash
+from gcrp_assets.lib.training.base_model import model_dir_hash
 from gcrp_assets.lib.hashing import sha256_json
-from gcrp_assets.lib.sheets import SheetTemplate, parse_sheet, render_sheet
+from gcrp_assets.lib.prompts.sheets import SheetTemplate, parse_sheet, render_sheet
 
 PROMPT_VERSION = 1
 _WORD = re.compile(r"[^\W_]+")

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from gcrp_assets.lib.ooc import split_ooc
+from gcrp_assets.lib.clean.ooc import split_ooc
 
 NAN = float("nan")
 

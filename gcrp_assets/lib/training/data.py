@@ -1,4 +1,4 @@
-"""Tokenized rows to padded training batches (plain torch, no Dagster). Packed batches: `lib/packing.py`."""
+"""Tokenized rows to padded training batches (plain torch, no Dagster). Packed batches: `packing.py`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from gcrp_assets.lib.tokenization import IGNORE
+from gcrp_assets.lib.formats.tokenization import IGNORE
 
 
 def load_split(path: Path, split: str) -> list[dict]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gcrp_assets.lib.tokenization import IGNORE
+from gcrp_assets.lib.formats.tokenization import IGNORE
 
 PACKED_ATTENTION = "sdpa_packed"
 _PACKED_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -64,7 +64,7 @@ def pack(rows: list[dict], trained_logits_only: bool = True) -> dict:
 
 def pad(rows: list[dict], pad_id: int) -> dict:
     """The classic layout: one row per sample, right-padded to the longest, with a 2D attention mask."""
-    from gcrp_assets.lib.training_data import collate
+    from gcrp_assets.lib.training.data import collate
 
     return collate(rows, pad_id)
 

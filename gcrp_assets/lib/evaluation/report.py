@@ -14,8 +14,8 @@ import html
 import math
 from typing import Any
 
-from gcrp_assets.lib.eval_metrics import TEMPLATE_MARKERS
-from gcrp_assets.lib.ooc import split_ooc
+from gcrp_assets.lib.evaluation.metrics import TEMPLATE_MARKERS
+from gcrp_assets.lib.clean.ooc import split_ooc
 from gcrp_assets.lib.tables import md_table
 
 NAN = float("nan")

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gcrp_assets.lib.formats import ChatFormat, Rendered, render
+from gcrp_assets.lib.formats.chat_format import ChatFormat, Rendered, render
 
 IGNORE = -100
 

@@ -69,7 +69,7 @@ from typing import Any
 LABEL_POLICIES = ("model_turns", "all", "last_model_turn")
 EOS_POLICIES = ("none", "last", "every_turn")
 NAME_PLACEMENTS = ("content", "header", "none")
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "formats"
+BUILTIN_DIR = Path(__file__).resolve().parents[2] / "formats"  # the package's example formats
 SPEC_SUFFIXES = (".yaml", ".yml", ".jinja")
 
 

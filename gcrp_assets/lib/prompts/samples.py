@@ -36,7 +36,7 @@ from pathlib import Path
 import jinja2
 
 from gcrp_assets.lib.hashing import short, sha256_text
-from gcrp_assets.lib.sheets import SheetRewriter, SheetTemplate, normalize_sheet
+from gcrp_assets.lib.prompts.sheets import SheetRewriter, SheetTemplate, normalize_sheet
 
 USER_CHARACTER_STRATEGIES = ("starter", "each", "random")
 NAME_MODES = ("real", "placeholder")

@@ -26,10 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from gcrp_assets.lib.attribution import attribute
-from gcrp_assets.lib.markup import to_text, valid_unicode
-from gcrp_assets.lib.ooc import OOC_POLICIES, format_ooc, split_ooc
-from gcrp_assets.lib.privacy import HandleScrubber
+from gcrp_assets.lib.clean.attribution import attribute
+from gcrp_assets.lib.clean.markup import to_text, valid_unicode
+from gcrp_assets.lib.clean.ooc import OOC_POLICIES, format_ooc, split_ooc
+from gcrp_assets.lib.clean.privacy import HandleScrubber
 
 COUNTERS = ("n_ooc_remarks", "n_ooc_posts", "n_posts_with_ooc", "n_empty_posts", "n_unattributed_posts",
             "n_narrator_posts", "n_reasoning_blocks")

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from gcrp_assets.lib.formats import ChatFormat, get_format
+from gcrp_assets.lib.formats.chat_format import ChatFormat, get_format
 
 FIRST, LAST = 1, 2
 

@@ -20,8 +20,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gcrp_assets.lib.evaluation import backbone_and_head as _backbone_and_head
-from gcrp_assets.lib.formats import ChatFormat, generation_prompt
+from gcrp_assets.lib.evaluation.losses import backbone_and_head as _backbone_and_head
+from gcrp_assets.lib.formats.chat_format import ChatFormat, generation_prompt
 
 NORMALIZATIONS = (None, "tokens", "chars", "bytes")
 

@@ -10,8 +10,8 @@ import math
 import statistics
 from collections import Counter
 
-from gcrp_assets.lib.formats import ChatFormat, render
-from gcrp_assets.lib.report import caveats
+from gcrp_assets.lib.formats.chat_format import ChatFormat, render
+from gcrp_assets.lib.evaluation.report import caveats
 from gcrp_assets.lib.tables import md_table
 
 # The hyperparameters a card lists, in this order (run settings such as launcher, ports and logging are left
