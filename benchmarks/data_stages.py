@@ -60,7 +60,7 @@ DUMP = "bench.jsonl"
 # Corpus
 # ---------------------------------------------------------------------------------------------------
 def _sample_threads() -> list[dict]:
-    from gcrp_assets.defs.resources import packaged_inbox
+    from gcrp_assets.orchestration.resources import packaged_inbox
     from gcrp_assets.lib.ingest.dumps import find_dumps
 
     threads = []

@@ -73,7 +73,7 @@ def sample_corpus_rows(model_dir: Path, max_length: int) -> list[dict]:
     """The sample corpus's train rows, built with the plain library functions (no Dagster)."""
     from transformers import AutoTokenizer
 
-    from gcrp_assets.defs.resources import packaged_inbox
+    from gcrp_assets.orchestration.resources import packaged_inbox
     from gcrp_assets.lib.clean.cleaning import CleaningOptions, clean_thread, dump_scrubber
     from gcrp_assets.lib.ingest.dumps import read_dump
     from gcrp_assets.lib.clean.filters import FilterRules, rejection_reason
@@ -185,7 +185,7 @@ def _env(threads: int | None) -> dict:
 
 
 def launch_ours(args, model: Path, data: Path, work: Path, threads: int | None) -> tuple[subprocess.Popen, Path]:
-    from gcrp_assets.defs.training_config import LoraConfig
+    from gcrp_assets.orchestration.training_config import LoraConfig
 
     hp = LoraConfig(max_steps=args.steps, batch_size=args.batch_size, eval_steps=0, logging_steps=1,
                     save_steps=args.steps, precision=args.precision, max_length=args.max_length_check,

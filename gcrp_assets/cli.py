@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     if command not in ("run", "register", "report-path"):
         print(__doc__, file=sys.stderr)
         return 2
-    from gcrp_assets.defs.runner import materialize_chain, register_inbox
+    from gcrp_assets.orchestration.runner import materialize_chain, register_inbox
     from gcrp_assets.definitions import defs
 
     if command in ("run", "register"):

@@ -18,7 +18,7 @@ from gcrp_assets.defs.automation import (data_automation, dump_stages_job, inbox
 from gcrp_assets.defs.data_stages import augmented_prompts, filtered_threads, raw_threads
 from gcrp_assets.defs.tokenized import tokenized_parquet
 from gcrp_assets.defs.evaluation import eval_report
-from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource, DumpInbox, packaged_inbox
+from gcrp_assets.orchestration.resources import ArtifactStore, BaseModelSource, DumpInbox, packaged_inbox
 from gcrp_assets.defs.training import base_model, lora_checkpoint
 
 # Offline by design: weights and tokenizers come from local files, never from a hub.

@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 
 from gcrp_assets.defs.automation import inbox_sensor, weekly_data_refresh
-from gcrp_assets.defs.resources import DumpInbox
+from gcrp_assets.orchestration.resources import DumpInbox
 from gcrp_assets.definitions import build_defs
 from gcrp_assets_tests.factories import thread, write_jsonl
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from gcrp_assets.defs.artifacts import CHECKS_PASSED, MANIFEST, build_or_reuse, latest_materialization
-from gcrp_assets.defs.resources import ArtifactStore
-from gcrp_assets.defs.runner import PROCESS_TAG, mark_orphaned_runs
+from gcrp_assets.orchestration.artifacts import CHECKS_PASSED, MANIFEST, build_or_reuse, latest_materialization
+from gcrp_assets.orchestration.resources import ArtifactStore
+from gcrp_assets.orchestration.runner import PROCESS_TAG, mark_orphaned_runs
 from gcrp_assets.lib.code_closure import PACKAGE_ROOT, code_version, module_closure
 
 # Each asset's code version is computed from these roots (see the defs modules).
@@ -119,7 +119,7 @@ def test_an_artifact_that_failed_its_blocking_check_is_rebuilt_not_reused(tmp_pa
 def test_lora_checkpoint_never_reuses_a_nan_adapter_and_checks_a_reused_one_from_its_loss_history(
         tmp_path, tiny_model_dir):
     from gcrp_assets.defs.training import lora_checkpoint
-    from gcrp_assets.defs.training_config import LoraConfig
+    from gcrp_assets.orchestration.training_config import LoraConfig
     from gcrp_assets_tests.test_training_support import record_upstream, synthetic_rows, test_instance, write_tokenized
 
     class NoLaunch(dg.PipesSubprocessClient):
@@ -169,7 +169,7 @@ def test_lora_checkpoint_never_reuses_a_nan_adapter_and_checks_a_reused_one_from
 _SLOW_RUN = textwrap.dedent("""
     import sys, time
     import dagster as dg
-    from gcrp_assets.defs.runner import PROCESS_TAG, _process_tag
+    from gcrp_assets.orchestration.runner import PROCESS_TAG, _process_tag
 
     @dg.asset
     def slow():

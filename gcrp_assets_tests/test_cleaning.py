@@ -198,7 +198,7 @@ def test_language_filter_is_off_by_default_and_catches_other_languages():
 
 def test_library_defaults_are_the_config_defaults():
     """benchmarks/data_stages.py and direct library callers get what the assets run with by default."""
-    from gcrp_assets.defs.configs import FilterConfig, PromptConfig
+    from gcrp_assets.orchestration.configs import FilterConfig, PromptConfig
     from gcrp_assets.defs.data_stages import cleaning_options, dedup_config, filter_rules
     from gcrp_assets.lib.clean.dedup import DedupConfig
     from gcrp_assets.lib.prompts.samples import PromptOptions

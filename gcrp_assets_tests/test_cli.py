@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from gcrp_assets.defs.artifacts import latest_materialization
+from gcrp_assets.orchestration.artifacts import latest_materialization
 from gcrp_assets_tests.factories import thread, write_jsonl
 from gcrp_assets_tests.processes import own_process_group, stop_process_group
 

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from gcrp_assets.defs.resources import packaged_inbox
+from gcrp_assets.orchestration.resources import packaged_inbox
 from gcrp_assets.lib.clean.cleaning import clean_thread, dump_scrubber
 from gcrp_assets.lib.clean.dedup import (DedupConfig, SignatureStore, cross_dump_duplicates,
                                          drop_cross_dump_duplicates, find_duplicates, lsh_params, normalize)

@@ -8,10 +8,10 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from gcrp_assets.defs.artifacts import latest_materialization
-from gcrp_assets.defs.configs import EvalConfig, LoraConfig, TokenizeConfig
-from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource, DumpInbox, packaged_inbox
-from gcrp_assets.defs.runner import materialize_chain
+from gcrp_assets.orchestration.artifacts import latest_materialization
+from gcrp_assets.orchestration.configs import EvalConfig, LoraConfig, TokenizeConfig
+from gcrp_assets.orchestration.resources import ArtifactStore, BaseModelSource, DumpInbox, packaged_inbox
+from gcrp_assets.orchestration.runner import materialize_chain
 from gcrp_assets.defs.tokenized import tokenized_parquet
 from gcrp_assets.defs.training import base_model
 from gcrp_assets.definitions import build_defs
@@ -212,7 +212,7 @@ def test_data_outputs_are_byte_identical_across_runs(tmp_path, tiny_model_dir):
 
 
 def test_changing_one_stage_config_reruns_it_and_downstream_only(tmp_path, tiny_model_dir):
-    from gcrp_assets.defs.configs import FilterConfig
+    from gcrp_assets.orchestration.configs import FilterConfig
 
     (tmp_path / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:

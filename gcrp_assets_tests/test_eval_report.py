@@ -138,7 +138,7 @@ def test_caveat_when_most_continuations_hit_the_cap():
 
 
 def test_card_lists_the_settings_that_shaped_the_adapter_and_names_the_base_model():
-    from gcrp_assets.defs.resources import EMBEDDED_MODEL_NAME, BaseModelSource
+    from gcrp_assets.orchestration.resources import EMBEDDED_MODEL_NAME, BaseModelSource
     from gcrp_assets.lib.evaluation.model_card import card_hyperparameters
     from gcrp_assets.lib.training.recipes import DEFAULTS, get_recipe
 

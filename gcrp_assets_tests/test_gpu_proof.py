@@ -17,7 +17,7 @@ from benchmarks import gpu_proof
 @pytest.mark.parametrize("toy", [True, False])
 def test_row_hyperparameters_are_what_lora_config_resolves(toy):
     """The script resolves the recipes without Dagster, through the function LoraConfig.resolved() uses."""
-    from gcrp_assets.defs.training_config import LoraConfig
+    from gcrp_assets.orchestration.training_config import LoraConfig
 
     for name, plan in gpu_proof.row_plans(toy=toy, cuda=not toy).items():
         expected = LoraConfig(recipe=plan["recipe"], allow_cpu=toy, **plan["set"]).resolved()

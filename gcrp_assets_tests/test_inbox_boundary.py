@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from gcrp_assets.defs.automation import dump_digests, inbox_sensor
-from gcrp_assets.defs.resources import ArtifactStore, DumpInbox
+from gcrp_assets.orchestration.resources import ArtifactStore, DumpInbox
 from gcrp_assets.lib.ingest.contract import DumpReadError
 from gcrp_assets.lib.ingest.dumps import dump_digest, find_dumps
 from gcrp_assets.lib.hashing import sha256_tree

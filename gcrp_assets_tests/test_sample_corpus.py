@@ -2,7 +2,7 @@
 
 import pytest
 
-from gcrp_assets.defs.resources import packaged_inbox
+from gcrp_assets.orchestration.resources import packaged_inbox
 from gcrp_assets.lib.clean.cleaning import clean_thread, dump_scrubber
 from gcrp_assets.lib.ingest.dumps import find_dumps, read_dump
 from gcrp_assets.lib.clean.filters import FilterRules, rejection_reason

@@ -39,7 +39,7 @@ def rewriter(tmp_path, generator, **settings) -> LLMSheetRewriter:
 
 
 def test_off_by_default_the_rules_rewrite_sheets():
-    from gcrp_assets.defs.configs import PromptConfig
+    from gcrp_assets.orchestration.configs import PromptConfig
     from gcrp_assets.defs.data_stages import sheet_rewriter
 
     config = PromptConfig()
@@ -127,9 +127,9 @@ def test_tiny_model_greedy_cached_and_never_loaded_on_a_hit(tmp_path, tiny_model
 
 
 def test_prompt_config_settings_reach_the_rewriter(tmp_path, tiny_model_dir):
-    from gcrp_assets.defs.configs import PromptConfig
+    from gcrp_assets.orchestration.configs import PromptConfig
     from gcrp_assets.defs.data_stages import sheet_rewriter
-    from gcrp_assets.defs.resources import ArtifactStore
+    from gcrp_assets.orchestration.resources import ArtifactStore
 
     config = PromptConfig(sheet_rewrite=True, sheet_rewrite_model=str(tiny_model_dir), sheet_rewrite_min_fields=3,
                           sheet_rewrite_min_support=0.9, sheet_rewrite_max_new_tokens=16)
@@ -149,9 +149,9 @@ def test_augmented_prompts_with_the_rewrite_on_generates_once_then_reads_the_cac
     the same sheets) takes every rewrite from the cache."""
     import dagster as dg
 
-    from gcrp_assets.defs.artifacts import latest_materialization
-    from gcrp_assets.defs.configs import PromptConfig
-    from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource, DumpInbox
+    from gcrp_assets.orchestration.artifacts import latest_materialization
+    from gcrp_assets.orchestration.configs import PromptConfig
+    from gcrp_assets.orchestration.resources import ArtifactStore, BaseModelSource, DumpInbox
     from gcrp_assets.definitions import build_defs
     from gcrp_assets_tests.factories import thread, write_jsonl
 

@@ -60,7 +60,7 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
-from gcrp_assets.defs.resources import packaged_inbox  # noqa: E402
+from gcrp_assets.orchestration.resources import packaged_inbox  # noqa: E402
 from gcrp_assets.lib.ingest.dumps import find_dumps, read_dump  # noqa: E402
 from gcrp_assets.lib.prompts.samples import PromptOptions, choose_user_characters  # noqa: E402
 from gcrp_assets.lib.prompts.sheets import list_items  # noqa: E402

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gcrp_assets.defs.training import trainer_command
-from gcrp_assets.defs.training_config import LoraConfig
+from gcrp_assets.orchestration.training_config import LoraConfig
 from gcrp_assets_tests.test_training_support import (adapter_changes_the_model, extras_for, run_trainer, synthetic_rows,
                                                      write_tokenized)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from gcrp_assets.defs.training_config import LoraConfig
+from gcrp_assets.orchestration.training_config import LoraConfig
 from gcrp_assets_tests.test_training_support import extras_for, python, run_trainer, synthetic_rows, write_tokenized
 
 

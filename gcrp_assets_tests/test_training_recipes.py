@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from gcrp_assets.defs.training import lora_checkpoint, trainer_command
-from gcrp_assets.defs.training_config import LoraConfig
+from gcrp_assets.orchestration.training_config import LoraConfig
 from gcrp_assets.lib.training.recipes import (DEFAULTS, RECIPES, deepspeed_config, format_problem,
                                               hardware_problems)
 from gcrp_assets.lib.training.schedules import (accumulation_steps, scheduler_kwargs, steps_per_epoch,
@@ -194,6 +194,6 @@ def test_deepspeed_json_is_zero2_without_offload_unless_asked():
 
 
 def _store(tmp_path):
-    from gcrp_assets.defs.resources import ArtifactStore
+    from gcrp_assets.orchestration.resources import ArtifactStore
 
     return ArtifactStore(root=str(tmp_path / "artifacts"))

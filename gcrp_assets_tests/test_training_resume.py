@@ -11,10 +11,10 @@ from pathlib import Path
 import dagster as dg
 import psutil
 
-from gcrp_assets.defs.artifacts import latest_materialization
-from gcrp_assets.defs.resources import ArtifactStore
+from gcrp_assets.orchestration.artifacts import latest_materialization
+from gcrp_assets.orchestration.resources import ArtifactStore
 from gcrp_assets.defs.training import lora_checkpoint
-from gcrp_assets.defs.training_config import LoraConfig
+from gcrp_assets.orchestration.training_config import LoraConfig
 from gcrp_assets_tests.test_training_support import record_upstream, synthetic_rows, test_instance, write_tokenized
 
 CONFIG = LoraConfig(max_steps=8, batch_size=2, save_steps=2, logging_steps=1, eval_steps=0, precision="fp32",

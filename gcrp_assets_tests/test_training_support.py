@@ -14,7 +14,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gcrp_assets.defs.artifacts import write_manifest
+from gcrp_assets.orchestration.artifacts import write_manifest
 from gcrp_assets.lib.formats.tokenization import IGNORE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from gcrp_assets.defs.artifacts import latest_materialization
-from gcrp_assets.defs.resources import ArtifactStore
+from gcrp_assets.orchestration.artifacts import latest_materialization
+from gcrp_assets.orchestration.resources import ArtifactStore
 from gcrp_assets.defs.training import lora_checkpoint
-from gcrp_assets.defs.training_config import LoraConfig
+from gcrp_assets.orchestration.training_config import LoraConfig
 from gcrp_assets_tests.test_training_support import (adapter_changes_the_model, record_upstream, synthetic_rows,
                                                      test_instance, write_tokenized)
 

@@ -15,8 +15,8 @@ from typing import Callable
 
 import dagster as dg
 
-from gcrp_assets.defs.partitions import dumps
-from gcrp_assets.defs.resources import DumpInbox
+from gcrp_assets.orchestration.partitions import dumps
+from gcrp_assets.orchestration.resources import DumpInbox
 from gcrp_assets.lib.ingest.contract import DumpReadError
 from gcrp_assets.lib.ingest.dumps import dump_digest, find_dumps
 from gcrp_assets.lib.ingest.inbox import InboxError, validate_dump_name

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from gcrp_assets.defs.artifacts import build_or_reuse, code_version, upstream
+from gcrp_assets.orchestration.artifacts import build_or_reuse, code_version, upstream
 from gcrp_assets.defs.automation import follow_upstream_data
-from gcrp_assets.defs.configs import FilterConfig, PromptConfig, RawConfig
-from gcrp_assets.defs.partitions import dumps
-from gcrp_assets.defs.resources import ArtifactStore, DumpInbox
+from gcrp_assets.orchestration.configs import FilterConfig, PromptConfig, RawConfig
+from gcrp_assets.orchestration.partitions import dumps
+from gcrp_assets.orchestration.resources import ArtifactStore, DumpInbox
 from gcrp_assets.lib.clean.cleaning import CleaningOptions
 from gcrp_assets.lib.clean.content_policy import PolicyConfig, check_thread, load_policy
 from gcrp_assets.lib.clean.dedup import DedupConfig

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from gcrp_assets.defs.artifacts import build_or_reuse, code_version, latest_materialization, read_manifest, upstream
+from gcrp_assets.orchestration.artifacts import build_or_reuse, code_version, latest_materialization, read_manifest, upstream
 from gcrp_assets.defs.automation import follow_new_checkpoint
-from gcrp_assets.defs.configs import EvalConfig
-from gcrp_assets.defs.resources import ArtifactStore
+from gcrp_assets.orchestration.configs import EvalConfig
+from gcrp_assets.orchestration.resources import ArtifactStore
 from gcrp_assets.lib.evaluation import metrics as em
 from gcrp_assets.lib.evaluation import detectors, generation, losses, roles
 from gcrp_assets.lib.evaluation import speakers as ss

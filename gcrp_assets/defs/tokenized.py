@@ -7,12 +7,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from gcrp_assets.defs.artifacts import build_or_reuse, code_version, latest_materialization, upstream
+from gcrp_assets.orchestration.artifacts import build_or_reuse, code_version, latest_materialization, upstream
 from gcrp_assets.defs.automation import follow_upstream_data
-from gcrp_assets.defs.configs import TokenizeConfig
+from gcrp_assets.orchestration.configs import TokenizeConfig
 from gcrp_assets.defs.data_stages import augmented_prompts
-from gcrp_assets.defs.partitions import dumps
-from gcrp_assets.defs.resources import ArtifactStore
+from gcrp_assets.orchestration.partitions import dumps
+from gcrp_assets.orchestration.resources import ArtifactStore
 from gcrp_assets.lib import schemas
 from gcrp_assets.lib.clean.dedup import DedupConfig, drop_cross_dump_duplicates
 from gcrp_assets.lib.formats.chat_format import get_format, render, resolve_label_policy

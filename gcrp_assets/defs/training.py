@@ -9,10 +9,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from gcrp_assets.defs.artifacts import Built, build_or_reuse, code_version, finish, read_manifest, reuse, upstream
-from gcrp_assets.defs.configs import TokenizeConfig
-from gcrp_assets.defs.training_config import LoraConfig
-from gcrp_assets.defs.resources import ArtifactStore, BaseModelSource
+from gcrp_assets.orchestration.artifacts import Built, build_or_reuse, code_version, finish, read_manifest, reuse, upstream
+from gcrp_assets.orchestration.configs import TokenizeConfig
+from gcrp_assets.orchestration.training_config import LoraConfig
+from gcrp_assets.orchestration.resources import ArtifactStore, BaseModelSource
 from gcrp_assets.lib.training.base_model import (check_hf_model_dir, convert_gguf, model_dir_hash,
                                                  packaged_gguf)
 from gcrp_assets.lib.hashing import sha256_file, sha256_json, short

@@ -4,7 +4,7 @@
 import dagster as dg
 from pydantic import Field
 
-from gcrp_assets.defs.training_config import LoraConfig  # noqa: F401  (re-exported: one place to import configs)
+from gcrp_assets.orchestration.training_config import LoraConfig  # noqa: F401  (re-exported: one place to import configs)
 from gcrp_assets.lib.ingest.lines import MAX_RECORD_BYTES
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import dagster as dg
 import psutil
 
-from gcrp_assets.defs.partitions import dumps
+from gcrp_assets.orchestration.partitions import dumps
 from gcrp_assets.lib.ingest.dumps import find_dumps
 
 
