@@ -37,6 +37,7 @@ $(DAGSTER_HOME)/dagster.yaml: deploy/dagster.yaml
 setup: $(BIN)/.installed $(DAGSTER_HOME)/dagster.yaml
 
 ## The main job: every asset on the embedded default (or $GCRP_INBOX / $GCRP_BASE_MODEL), then the report's path.
+## Each run is launched through the instance from the code location, as from the web UI, and shows there.
 run: setup
 	$(BIN)/python -m gcrp_assets.cli run
 
@@ -50,9 +51,10 @@ test-deps:
 test: setup test-deps
 	$(BIN)/python -m pytest -q
 
-## The web UI on http://127.0.0.1:3000 with every materialization of this instance.
+## The web UI on http://127.0.0.1:3000 with every materialization of this instance (webserver and daemon),
+## serving the dg project's code location `gcrp_assets` ([tool.dg.project] in pyproject.toml).
 dev: setup
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/dg dev --host 127.0.0.1 --port 3000
 
 clean:
 	rm -rf artifacts .dagster .cache

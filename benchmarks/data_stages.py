@@ -5,12 +5,12 @@ Run from the repository root (either form):
     .venv/bin/python -m benchmarks.data_stages --threads 20000        # N = 20,000 and 4N = 80,000
     .venv/bin/python benchmarks/data_stages.py --threads 5000 --scale 4 --jobs 2
 
-Corpus (deterministic, written to a temporary JSONL, never held whole in memory): thread k takes the
-structure of a sample-corpus thread (characters, sheets, authors, attribution fields) and draws every
-post's text from the pool of all sample-corpus posts (HTML, BBCode and plain, with the corpus's OOC,
-quotes, links, signatures, mentions and mojibake), with a per-thread RNG. One thread in 100 is an exact
-copy of the previous one and one in 100 a near copy (three words swapped), one line in 1,000 is
-truncated JSON. The N-thread corpus is the first N lines of the 4N one.
+Corpus (`benchmarks.corpus.generate_corpus`: deterministic, written to a temporary JSONL, never held whole
+in memory): thread k takes the structure of a sample-corpus thread (characters, sheets, authors, attribution
+fields) and draws every post's text from the pool of all sample-corpus posts (HTML, BBCode and plain, with
+the corpus's OOC, quotes, links, signatures, mentions and mojibake), with a per-thread RNG. One thread in
+100 is an exact copy of the previous one and one in 100 a near copy (three words swapped), one line in
+1,000 is truncated JSON. The N-thread corpus is the first N lines of the 4N one.
 
 Stages, in both modes the same library functions per thread:
 
@@ -41,79 +41,17 @@ if str(_HERE.parent) not in sys.path:
     sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
+from benchmarks.corpus import generate_corpus, head_lines  # noqa: E402
+
 STAGES = ("raw", "filtered", "augmented")
 MODES = ("streaming", "pandas")
-DUMP = "bench.jsonl"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Corpus
-# ---------------------------------------------------------------------------------------------------
-def _sample_threads() -> list[dict]:
-    from gcrp_assets.orchestration.resources import packaged_inbox
-    from gcrp_assets.lib.ingest.dumps import find_dumps
-
-    threads = []
-    for path in find_dumps(packaged_inbox()):
-        for line in path.read_text("utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record.get("posts"), list) and len(record["posts"]) >= 2:
-                threads.append(record)
-    return threads
-
-
-_SWAPS = [("said", "replied"), ("looked", "glanced"), ("quietly", "softly"), ("slowly", "carefully"),
-          ("moment", "second"), ("voice", "tone"), ("the", "that")]
-
-
-def generate_corpus(path: Path, n: int) -> None:
-    sources = _sample_threads()
-    pool = [p["text"] for t in sources for p in t["posts"]]
-    previous: dict | None = None
-    with open(path, "w", encoding="utf-8") as out:
-        for k in range(n):
-            rng = random.Random(f"gcrp-bench/{k}")
-            if previous is not None and k % 100 in (7, 13):
-                thread = json.loads(json.dumps(previous))
-                if k % 100 == 13:  # near copy: a few words swapped
-                    swaps = 0
-                    for post in thread["posts"]:
-                        for old, new in _SWAPS:
-                            if swaps < 3 and re.search(rf"\b{old}\b", post["text"]):
-                                post["text"] = re.sub(rf"\b{old}\b", new, post["text"], count=1)
-                                swaps += 1
-            else:
-                source = sources[rng.randrange(len(sources))]
-                thread = json.loads(json.dumps(source))
-                for post in thread["posts"]:
-                    post["text"] = pool[rng.randrange(len(pool))]
-            thread["thread_id"] = f"b-{k}"
-            for i, post in enumerate(thread["posts"]):
-                post["post_id"] = f"b-{k}-{i}"
-            previous = thread
-            line = json.dumps(thread, ensure_ascii=False)
-            if k % 1000 == 999:
-                line = line[: len(line) // 2]  # a truncated line: rejected with its number
-            out.write(line + "\n")
-
-
-def head_lines(source: Path, target: Path, n: int) -> None:
-    with open(source, "rb") as inp, open(target, "wb") as out:
-        for _, line in zip(range(n), inp):
-            out.write(line)
 
 
 # ---------------------------------------------------------------------------------------------------

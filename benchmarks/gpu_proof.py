@@ -96,8 +96,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder comes first on sys.path, and `benchmarks/tokenize.py` would shadow the
-# standard library's `tokenize` module: drop that folder, put the repository root there instead.
+# Run as a script, this file's folder comes first on sys.path: drop it (modules are imported as
+# `benchmarks.*`), put the repository root there instead.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 if str(ROOT) not in sys.path:

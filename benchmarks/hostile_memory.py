@@ -7,7 +7,7 @@ Run from the repository root (either form):
 
 Dumps (written to a temporary folder, never held whole in memory):
 
-- `normal.jsonl`: N threads of the `benchmarks.data_stages` corpus (sample-corpus structure and posts);
+- `normal.jsonl`: N threads of the `benchmarks.corpus` forum corpus (sample-corpus structure and posts);
 - `one_line_2gb.jsonl.gz`: one JSON line of `--line-gb` GB (a thread whose only post is that long, text
   repeating a 16 KiB run of sample-corpus posts), gzipped: a few MB on disk;
 - `post_50mb.jsonl`: the normal dump with the first post of its middle thread made `--post-mb` MB long;
@@ -39,7 +39,8 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from benchmarks.data_stages import _defaults, _sample_threads, generate_corpus  # noqa: E402
+from benchmarks.corpus import generate_corpus, sample_threads  # noqa: E402
+from benchmarks.data_stages import _defaults  # noqa: E402
 
 STAGES = ("raw", "filtered", "augmented")
 GOAL_MIB = 600
@@ -51,7 +52,7 @@ MiB = 1 << 20
 # ---------------------------------------------------------------------------------------------------
 def _filler(size: int) -> bytes:
     """`size` bytes of real post text (JSON-string safe), cut from the sample corpus."""
-    text = " ".join(p["text"] for t in _sample_threads() for p in t["posts"])
+    text = " ".join(p["text"] for t in sample_threads() for p in t["posts"])
     raw = json.dumps(text, ensure_ascii=True)[1:-1].encode("ascii")
     while len(raw) < size:
         raw += raw

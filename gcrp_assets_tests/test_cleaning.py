@@ -199,12 +199,11 @@ def test_language_filter_is_off_by_default_and_catches_other_languages():
 def test_library_defaults_are_the_config_defaults():
     """benchmarks/data_stages.py and direct library callers get what the assets run with by default."""
     from gcrp_assets.orchestration.configs import FilterConfig, PromptConfig
-    from gcrp_assets.defs.data_stages import cleaning_options, dedup_config, filter_rules
+    from gcrp_assets.orchestration.settings import settings_from
+    from gcrp_assets.defs.data_stages import filter_settings
+    from gcrp_assets.lib.clean.content_policy import PolicyConfig
     from gcrp_assets.lib.clean.dedup import DedupConfig
     from gcrp_assets.lib.prompts.samples import PromptOptions
 
-    assert filter_rules(FilterConfig()) == FilterRules()
-    assert cleaning_options(FilterConfig()) == CleaningOptions()
-    assert dedup_config(FilterConfig()) == DedupConfig()
-    pc = PromptConfig()
-    assert PromptOptions(pc.user_character, pc.max_variants, pc.seed, pc.names) == PromptOptions()
+    assert filter_settings(FilterConfig()) == (FilterRules(), CleaningOptions(), DedupConfig(), PolicyConfig())
+    assert settings_from(PromptConfig(), PromptOptions) == PromptOptions()

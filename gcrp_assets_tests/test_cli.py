@@ -82,20 +82,82 @@ def test_config_override_from_json_and_yaml(env, tmp_path):
     assert tokenized["format"] == "chatml" and tokenized["dumps"] == ["a.jsonl", "b.jsonl"]
 
 
+SMALL_CHAIN = ("ops:\n"
+               "  tokenized_parquet: {config: {max_length: 512, min_eval_threads: 2}}\n"
+               "  lora_checkpoint: {config: {max_steps: 2, max_length: 512, precision: fp32}}\n"
+               "  eval_report: {config: {max_generations: 1, max_new_tokens: 4, speaker_turns: 2, precision: fp32,"
+               " bootstrap_resamples: 200}}\n")
+
+
 def test_one_stage_and_everything_downstream(env, tmp_path):
     config = tmp_path / "small.yaml"
-    config.write_text(
-        "ops:\n"
-        "  tokenized_parquet: {config: {max_length: 512, min_eval_threads: 2}}\n"
-        "  lora_checkpoint: {config: {max_steps: 2, max_length: 512, precision: fp32}}\n"
-        "  eval_report: {config: {max_generations: 1, max_new_tokens: 4, speaker_turns: 2, precision: fp32,"
-        " bootstrap_resamples: 200}}\n")
+    config.write_text(SMALL_CHAIN)
     run(env, BIN / "dg", "launch", "--assets", "tokenized_parquet+", "-c", config, timeout=600)
     checkpoint = materialization(env, "lora_checkpoint")
     assert checkpoint["steps"] == 2 and checkpoint["trained_on_dumps"] == ["a.jsonl", "b.jsonl"]
     assert materialization(env, "eval_report")["generations"] == 1
     out = run(env, BIN / "python", "-m", "gcrp_assets.cli", "report-path")
     assert out.stdout.startswith("Eval report: ") and out.stdout.strip().endswith("report.md")
+
+
+def test_run_launches_every_run_through_the_instance_from_the_code_location(env, tmp_path):
+    """`make run`: each run is launched from the code location `gcrp_assets` (as from the UI) in its own run
+    worker, which PROCESS_TAG then names; the inbox sensor's cursor records the dumps it ran."""
+    from dagster._core.scheduler.instigation import InstigatorType
+
+    from gcrp_assets.defs.automation import dump_digests
+    from gcrp_assets.orchestration.resources import DumpInbox
+    from gcrp_assets.orchestration.runner import PROCESS_TAG, _worker_pid
+
+    config = tmp_path / "small.yaml"
+    config.write_text(SMALL_CHAIN)  # the chain of the test above: every artifact is reused
+    with instance_of(env) as instance:
+        before = {r.run_id for r in instance.get_runs()}
+    out = run(env, BIN / "python", "-m", "gcrp_assets.cli", "run", "-c", config, timeout=600)
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("Eval report: ") and last.endswith("report.md"), out.stdout
+    with instance_of(env) as instance:
+        runs = [r for r in instance.get_runs() if r.run_id not in before]
+        assert sorted((r.job_name, r.tags.get("dagster/partition", "")) for r in runs) == [
+            ("dump_stages", "a.jsonl"), ("dump_stages", "b.jsonl"), ("training_chain", "")]
+        workers = set()
+        for r in runs:
+            assert r.status == dg.DagsterRunStatus.SUCCESS
+            assert r.remote_job_origin is not None and r.remote_job_origin.location_name == "gcrp_assets"
+            pid = int(r.tags[PROCESS_TAG].rpartition(":")[2])
+            assert pid == _worker_pid(instance, r.run_id) and pid != os.getpid()
+            workers.add(pid)
+        assert len(workers) == 3  # one run worker per run
+        [sensor] = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+                    if s.instigator_name == "inbox_sensor"]
+        assert json.loads(sensor.instigator_data.cursor) == dump_digests(DumpInbox(path=env["GCRP_INBOX"]))
+
+
+def test_a_run_whose_run_worker_is_gone_is_marked_failed_even_if_the_launcher_lives():
+    from dagster._core.events import EngineEventData
+
+    from gcrp_assets.orchestration.runner import PROCESS_TAG, _process_tag, mark_orphaned_runs
+
+    @dg.op
+    def step():
+        pass
+
+    @dg.job
+    def chain():
+        step()
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with dg.instance_for_test() as instance:
+        worker_gone = instance.create_run_for_job(chain, tags={PROCESS_TAG: _process_tag()})  # launched here
+        instance.report_engine_event(f"Started process for run (pid: {gone.pid}).", worker_gone,
+                                     EngineEventData.in_process(gone.pid))
+        launcher_gone = instance.create_run_for_job(chain, tags={PROCESS_TAG: _process_tag(gone.pid)})
+        instance.report_engine_event(f"Started process for run (pid: {os.getpid()}).", launcher_gone,
+                                     EngineEventData.in_process(os.getpid()))
+        assert mark_orphaned_runs(instance) == [worker_gone.run_id]
+        assert instance.get_run_by_id(worker_gone.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.get_run_by_id(launcher_gone.run_id).status == dg.DagsterRunStatus.NOT_STARTED
 
 
 def _start_daemon(env):

@@ -86,7 +86,7 @@ def test_non_sexual_uses_of_sexual_words_do_not_open_the_check():
 
 def test_a_disabled_policy_rejects_nothing():
     t = thread(("Dorn Hale", "She was 14 and they had sex."))
-    assert rejected(t, load_policy(PolicyConfig(enabled=False))) is None
+    assert rejected(t, load_policy(PolicyConfig(content_policy=False))) is None
     assert rejected(t) is not None
 
 
@@ -180,7 +180,7 @@ def test_detail_has_counts_and_rule_names_only_and_evidence_is_short():
 def test_user_rules_extend_the_defaults(tmp_path):
     extra = tmp_path / "policy.yaml"
     extra.write_text("sexual_terms:\n  - smooch(?:ed|ing)?\nchild_terms:\n  - whelp\nwindow_words: 3\n")
-    policy = load_policy(PolicyConfig(extra_rules_path=str(extra)))
+    policy = load_policy(PolicyConfig(content_policy_rules=str(extra)))
     assert policy.window_words == 3
     t = thread(("Dorn Hale", "The whelp smooched him."))
     assert rejected(t) is None and rejected(t, policy) is not None
@@ -200,9 +200,9 @@ def test_bad_user_rules_are_named(tmp_path, text, message):
     extra = tmp_path / "bad.yaml"
     extra.write_text(text)
     with pytest.raises(ValueError, match=message):
-        load_policy(PolicyConfig(extra_rules_path=str(extra)))
+        load_policy(PolicyConfig(content_policy_rules=str(extra)))
     with pytest.raises(ValueError, match="not a file"):
-        load_policy(PolicyConfig(extra_rules_path=str(tmp_path / "missing.yaml")))
+        load_policy(PolicyConfig(content_policy_rules=str(tmp_path / "missing.yaml")))
 
 
 def test_literal_anchors_are_a_necessary_condition():

@@ -9,7 +9,7 @@ from gcrp_assets.lib.clean.cleaning import clean_thread, dump_scrubber
 from gcrp_assets.lib.clean.dedup import (DedupConfig, SignatureStore, cross_dump_duplicates,
                                          drop_cross_dump_duplicates, find_duplicates, lsh_params, normalize)
 from gcrp_assets.lib.ingest.dumps import find_dumps, read_dump
-from gcrp_assets.sample_corpus import generate
+from tools.sample_corpus import generate
 
 _WORDS = ("the ferry lantern river tavern cloak rain map ford coin stable oil key brass fire cup road night "
           "captain harbor guard letter blade door window market bell tower bridge wagon storm ash").split()
@@ -58,8 +58,8 @@ def test_near_duplicates_are_found_and_different_threads_are_not():
     assert [(d.thread_id, d.reason, d.original_thread_id) for d in dups] == [("b", "near_duplicate", "a")]
     assert 0.8 <= dups[0].similarity < 1.0
     # A stricter threshold keeps it; turning near-dedup off keeps it too.
-    assert find_duplicates(threads, DedupConfig(threshold=0.99)) == []
-    assert find_duplicates(threads, DedupConfig(near=False)) == []
+    assert find_duplicates(threads, DedupConfig(near_duplicate_threshold=0.99)) == []
+    assert find_duplicates(threads, DedupConfig(dedup_near=False)) == []
 
 
 def test_the_earliest_by_dump_then_thread_id_is_kept_whatever_the_input_order():
@@ -124,7 +124,7 @@ def test_spilled_signatures_resolve_like_in_memory_ones(tmp_path):
 
 def test_config_is_validated():
     with pytest.raises(ValueError):
-        DedupConfig(threshold=0)
+        DedupConfig(near_duplicate_threshold=0)
 
 
 @pytest.fixture(scope="module")

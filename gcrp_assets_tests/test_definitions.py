@@ -31,10 +31,30 @@ def test_six_stage_chain_plus_base_model_in_order():
 
 def test_workspace_and_dg_project_load(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
-    for command in ([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-                    [str(BIN / "dg"), "check", "defs"]):
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    for command, says in (([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+                           "Validation successful for code location gcrp_assets"),
+                          ([str(BIN / "dg"), "check", "defs"], "All definitions loaded successfully")):
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.returncode == 0 and says in done.stdout + done.stderr, done.stdout + done.stderr
+    # dg check defs is clean: no warning (a location name that differs from the instance's, a venv mismatch)
+    assert "warning" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
+
+
+def test_the_location_is_the_defs_folder_plus_location_wide_settings():
+    from gcrp_assets.definitions import build_defs, defs
+    from gcrp_assets.orchestration.resources import DumpInbox
+
+    assert not isinstance(defs, dg.Definitions)  # `@dg.definitions`: built when the location loads
+    with dg.instance_for_test():
+        loaded = defs()
+        assert set(loaded.resources) == {"inbox", "store", "base", "pipes"}  # defs/resources.py
+        assert loaded.executor is dg.in_process_executor
+        assert {job.name for job in loaded.jobs} == {"dump_stages", "training_chain"}
+        assert {s.name for s in loaded.sensors} == {"inbox_sensor", "data_automation"}
+        assert [s.name for s in loaded.schedules] == ["weekly_data_refresh"]
+        own = {"inbox": DumpInbox(path="/elsewhere")}
+        assert build_defs(own).resources == own  # tests bring their own resources
 
 
 def test_trainer_imports_dagster_pipes_but_not_dagster():

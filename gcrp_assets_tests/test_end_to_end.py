@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from gcrp_assets.orchestration.artifacts import latest_materialization
-from gcrp_assets.orchestration.configs import EvalConfig, LoraConfig, TokenizeConfig
+from gcrp_assets.orchestration.configs import EvalConfig, TokenizeConfig
 from gcrp_assets.orchestration.resources import ArtifactStore, BaseModelSource, DumpInbox, packaged_inbox
 from gcrp_assets.orchestration.runner import materialize_chain
+from gcrp_assets.orchestration.training_config import LoraConfig
 from gcrp_assets.defs.tokenized import tokenized_parquet
 from gcrp_assets.defs.training import base_model
 from gcrp_assets.definitions import build_defs

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from gcrp_assets.defs.evaluation import BINARY, _worst_first, score_continuation, summarize_generations
+from gcrp_assets.lib.evaluation.scoring import BINARY, score_continuation, summarize_generations, worst_first
 from gcrp_assets.lib.evaluation.generation import Continuation, GenerationCase
 from gcrp_assets.lib.formats.chat_format import get_format
 from gcrp_assets.lib.evaluation.model_card import known_issues
@@ -92,7 +92,7 @@ def _summary():
 def test_reports_mark_failures_worst_first():
     summary, records = _summary()
     records[1]["adapter"][0]["impersonation"] = False  # context 0 stays the worst
-    shown = _worst_first(list(reversed(records)))
+    shown = worst_first(list(reversed(records)))
     assert shown[0]["context"] == 0
     png = length_distribution_png({"human": [3, 5], "adapter greedy": [2, 2]})
     plots = {"lengths": png, "thread_deltas": thread_delta_png(["a", "b"], [-0.2, 0.1], -0.05, -0.2, 0.1),

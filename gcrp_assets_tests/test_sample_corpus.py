@@ -6,7 +6,7 @@ from gcrp_assets.orchestration.resources import packaged_inbox
 from gcrp_assets.lib.clean.cleaning import clean_thread, dump_scrubber
 from gcrp_assets.lib.ingest.dumps import find_dumps, read_dump
 from gcrp_assets.lib.clean.filters import FilterRules, rejection_reason
-from gcrp_assets.sample_corpus import generate
+from tools.sample_corpus import generate
 
 
 def test_committed_corpus_is_exactly_what_the_generator_writes(tmp_path):

@@ -87,7 +87,7 @@ def test_rewrite_keeps_supported_values_drops_invented_ones_and_is_cached(tmp_pa
                                    generator=FakeGenerator(output))
     other_model("Mira", PROSE, TEMPLATE)
     assert other_model.stats["generated"] == 1  # another model (or prompt, or settings) is another key
-    longer = rewriter(tmp_path, FakeGenerator(output), max_new_tokens=10)
+    longer = rewriter(tmp_path, FakeGenerator(output), sheet_rewrite_max_new_tokens=10)
     longer("Mira", PROSE, TEMPLATE)
     assert longer.stats["generated"] == 1
 
@@ -109,7 +109,7 @@ def test_support_counts_words_with_repetition():
 
 
 def test_tiny_model_greedy_cached_and_never_loaded_on_a_hit(tmp_path, tiny_model_dir):
-    settings = RewriteSettings(max_new_tokens=12)
+    settings = RewriteSettings(sheet_rewrite_max_new_tokens=12)
     first = LLMSheetRewriter(tiny_model_dir, tmp_path / "cache", settings=settings)
     assert len(first.model_hash) == 24
     sheet = first("Mira", PROSE, TEMPLATE)
@@ -135,9 +135,10 @@ def test_prompt_config_settings_reach_the_rewriter(tmp_path, tiny_model_dir):
                           sheet_rewrite_min_support=0.9, sheet_rewrite_max_new_tokens=16)
     rewrite, fingerprint = sheet_rewriter(None, config, ArtifactStore(root=str(tmp_path)))
     assert isinstance(rewrite, LLMSheetRewriter)
-    assert rewrite.settings == RewriteSettings(min_fields=3, min_support=0.9, max_new_tokens=16)
+    assert rewrite.settings == RewriteSettings(sheet_rewrite_min_fields=3, sheet_rewrite_min_support=0.9,
+                                               sheet_rewrite_max_new_tokens=16)
     assert rewrite.cache_dir == tmp_path.resolve() / "sheet_rewrites"
-    assert fingerprint["model_hash"] == rewrite.model_hash and fingerprint["settings"]["max_new_tokens"] == 16
+    assert fingerprint["model_hash"] == rewrite.model_hash and fingerprint["settings"]["sheet_rewrite_max_new_tokens"] == 16
     with pytest.raises(Exception, match="not a Hugging Face model directory"):
         sheet_rewriter(None, PromptConfig(sheet_rewrite=True, sheet_rewrite_model=str(tmp_path)),
                        ArtifactStore(root=str(tmp_path)))

@@ -1,6 +1,7 @@
-"""The live web UI: `dagster dev` (webserver + daemon) on 127.0.0.1, driven through GraphQL and a browser.
+"""The live web UI: `dg dev` (webserver + daemon, what `make dev` runs) on 127.0.0.1, driven through GraphQL
+and a browser.
 
-Starts every process in its own process group with default signal handlers (a background `dagster dev`
+Starts every process in its own process group with default signal handlers (a background `dg dev`
 otherwise ignores SIGINT and SIGTERM) and stops the whole group at the end.
 """
 
@@ -55,7 +56,7 @@ def server(tmp_path_factory, tiny_model_dir):
                    capture_output=True, timeout=120)
     port = free_port()
     log = open(base / "dagster_dev.log", "w")
-    process = subprocess.Popen([BIN / "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+    process = subprocess.Popen([BIN / "dg", "dev", "--host", "127.0.0.1", "--port", str(port)],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=own_process_group)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -67,7 +68,7 @@ def server(tmp_path_factory, tiny_model_dir):
             except requests.ConnectionError:
                 pass
             assert process.poll() is None, (base / "dagster_dev.log").read_text()[-3000:]
-            assert time.time() < deadline, "dagster dev did not answer in 120 s"
+            assert time.time() < deadline, "dg dev did not answer in 120 s"
             time.sleep(1)
         yield {"url": url, "port": port, "base": base, "env": env}
     finally:

@@ -41,8 +41,9 @@ def follow_new_checkpoint() -> dg.AutomationCondition:
     ).with_label("new checkpoint")
 
 
+# Partitioned by `dumps`, which the job infers from its assets.
 dump_stages_job = dg.define_asset_job(
-    "dump_stages", selection=PER_DUMP_STAGES, partitions_def=dumps,
+    "dump_stages", selection=PER_DUMP_STAGES,
     description="raw_threads → filtered_threads → augmented_prompts for one dump partition.")
 
 training_chain_job = dg.define_asset_job(
@@ -70,6 +71,14 @@ def dump_digests(inbox: DumpInbox, on_refused: Callable[[str, str], None] | None
     return digests
 
 
+def advance_cursor(cursor: str | None, digests: dict[str, str]) -> str:
+    """The inbox sensor's cursor ({dump: content hash}, as JSON) once the dumps of `digests` have run: a run
+    that did not come from the sensor (`python -m gcrp_assets.cli run`) records them, so the sensor does
+    not request them again. Dumps the cursor knows and `digests` does not name keep their entries."""
+    seen: dict[str, str] = json.loads(cursor) if cursor else {}
+    return json.dumps({**seen, **digests}, sort_keys=True)
+
+
 @dg.sensor(job=dump_stages_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
            description="New or changed dumps in the inbox: register the partition and run its data stages.")
 def inbox_sensor(context: dg.SensorEvaluationContext, inbox: DumpInbox) -> dg.SensorResult | dg.SkipReason:
@@ -88,7 +97,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, inbox: DumpInbox) -> dg.Se
         run_requests=[dg.RunRequest(partition_key=name, run_key=f"{name}@{current[name][:16]}",
                                     tags={"gcrp/dump_sha256": current[name]}) for name in changed],
         dynamic_partitions_requests=[dumps.build_add_request(new)] if new else [],
-        cursor=json.dumps(current, sort_keys=True),
+        cursor=advance_cursor(None, current),
     )
 
 

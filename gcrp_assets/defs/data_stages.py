@@ -6,17 +6,21 @@ input read a batch at a time, outputs written incrementally with fixed Parquet w
 """
 
 
+import json
 from collections import Counter
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 
-from gcrp_assets.orchestration.artifacts import build_or_reuse, code_version, upstream
+from gcrp_assets.orchestration.artifacts import Upstream, build_or_reuse, code_version, upstream
 from gcrp_assets.defs.automation import follow_upstream_data
 from gcrp_assets.orchestration.configs import FilterConfig, PromptConfig, RawConfig
 from gcrp_assets.orchestration.partitions import dumps
 from gcrp_assets.orchestration.resources import ArtifactStore, DumpInbox
+from gcrp_assets.orchestration.settings import settings_from
 from gcrp_assets.lib.clean.cleaning import CleaningOptions
 from gcrp_assets.lib.clean.content_policy import PolicyConfig, check_thread, load_policy
 from gcrp_assets.lib.clean.dedup import DedupConfig
@@ -31,7 +35,7 @@ from gcrp_assets.lib.prompts.sheets import SheetRewriter, SheetTemplate, normali
 from gcrp_assets.lib.tables import LISTED_REJECTS
 from gcrp_assets.lib.prompts.stage import run_augmented
 from gcrp_assets.lib.clean.stage import run_filtered
-from gcrp_assets.lib.ingest.stage import run_raw  # noqa: F401
+from gcrp_assets.lib.ingest.stage import RawSettings, run_raw
 from gcrp_assets.lib.tables import md_table
 
 # One module defines the three data stages, so they share its code closure (`lib.code_closure`).
@@ -59,7 +63,7 @@ def raw_threads(context: dg.AssetExecutionContext, config: RawConfig, inbox: Dum
     def build(folder: Path) -> dict:
         try:
             m = run_raw(path, folder, on_reject=lambda r: context.log.warning(f"rejected {r['detail']}"),
-                        max_record_bytes=config.max_record_bytes)
+                        max_record_bytes=settings_from(config, RawSettings).max_record_bytes)
         except DumpReadError as exc:
             raise dg.Failure(str(exc)) from exc
         more = m["rejected_lines"] - len(m["rejects_listed"])
@@ -98,22 +102,41 @@ def raw_checks(m: dict) -> list[dg.AssetCheckResult]:
     ]
 
 
-def filter_rules(config: FilterConfig) -> FilterRules:
-    return FilterRules(min_turns=config.min_turns, min_characters=config.min_characters,
-                       max_characters=config.max_characters, max_post_chars=config.max_post_chars,
-                       max_unattributed_share=config.max_unattributed_share, max_ooc_share=config.max_ooc_share,
-                       language=config.language, min_language_score=config.min_language_score)
+class FilterSettings(NamedTuple):
+    """What filtered_threads runs with: the plain settings objects its `FilterConfig` is made of."""
+    rules: FilterRules
+    cleaning: CleaningOptions
+    dedup: DedupConfig
+    policy: PolicyConfig
 
 
-def cleaning_options(config: FilterConfig) -> CleaningOptions:
-    return CleaningOptions(drop_unattributed=config.drop_unattributed, ooc_policy=config.ooc_policy,
-                           min_post_chars=config.min_post_chars, narrator_policy=config.narrator_policy,
-                           attribution=config.attribution)
+def filter_settings(config: FilterConfig) -> FilterSettings:
+    return FilterSettings(settings_from(config, FilterRules), settings_from(config, CleaningOptions),
+                          settings_from(config, DedupConfig), settings_from(config, PolicyConfig))
 
 
-def dedup_config(config: FilterConfig) -> DedupConfig:
-    return DedupConfig(exact=config.dedup_exact, near=config.dedup_near, threshold=config.near_duplicate_threshold,
-                       shingle_words=config.shingle_words, num_perm=config.minhash_permutations)
+# The duplicate settings a filtered_threads materialization ran with, in its metadata and (copied) in the
+# metadata of the augmented_prompts built from it, so that tokenized_parquet drops duplicates across dumps
+# with the same settings (`cross_dump_dedup`).
+DEDUP_SETTINGS = "dedup_settings"
+
+
+def dedup_record(dedup: DedupConfig) -> str:
+    return json.dumps(asdict(dedup), sort_keys=True)
+
+
+def cross_dump_dedup(samples: dict[str, Upstream]) -> DedupConfig:
+    """The duplicate settings for duplicates across dumps: those the dumps' filtered_threads ran with, read from
+    each dump's augmented_prompts materialization (`samples`: dump -> upstream). Dumps filtered with different
+    settings fail the run (re-materialize filtered_threads with one setting); samples built before the settings
+    were recorded count as filtered with the defaults."""
+    recorded = {dump: up.metadata.get(DEDUP_SETTINGS) or dedup_record(DedupConfig()) for dump, up in samples.items()}
+    if len(set(recorded.values())) > 1:
+        listing = "; ".join(f"{dump}: {settings}" for dump, settings in sorted(recorded.items()))
+        raise dg.Failure("the dumps were filtered with different duplicate settings, so duplicates across them "
+                         f"cannot be decided with one: {listing}. Re-materialize filtered_threads (and what "
+                         "follows) with the same dedup settings for every dump.")
+    return DedupConfig(**json.loads(next(iter(recorded.values())))) if recorded else DedupConfig()
 
 
 @dg.asset(
@@ -138,19 +161,19 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
     """
     dump = context.partition_key
     raw = upstream(context, "raw_threads", dump)
-    rules, options, dedup = filter_rules(config), cleaning_options(config), dedup_config(config)
+    rules, options, dedup, policy_config = filter_settings(config)
     try:
-        policy = load_policy(PolicyConfig(enabled=config.content_policy, extra_rules_path=config.content_policy_rules))
+        policy = load_policy(policy_config)
     except (OSError, ValueError) as exc:
         raise dg.Failure(f"content_policy_rules: {exc}") from exc
-    rules_file = {config.content_policy_rules: sha256_file(Path(config.content_policy_rules))} \
-        if config.content_policy_rules else {}
+    rules_path = policy_config.content_policy_rules
+    rules_file = {rules_path: sha256_file(Path(rules_path))} if rules_path else {}
     inputs = {"code": DATA_STAGES_CODE, "config": config.model_dump(), "content_policy_rules": rules_file,
               "raw_threads": raw.data_version}
 
     def build(folder: Path) -> dict:
         m = run_filtered(raw.path / "threads.parquet", folder, rules, options, dedup,
-                         policy=partial(check_thread, policy=policy) if config.content_policy else None)
+                         policy=partial(check_thread, policy=policy) if policy_config.content_policy else None)
         reasons = Counter(m["reasons"])
         for leak in m["handle_leaks"]:
             context.log.error(f"forum handle left in kept thread {leak}")
@@ -178,6 +201,7 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
             "empty_posts": m["empty_posts"],
             "exact_duplicates": reasons["exact_duplicate"],
             "near_duplicates": reasons["near_duplicate"],
+            DEDUP_SETTINGS: dedup_record(dedup),
             "threads_with_handle_leaks": m["threads_with_handle_leaks"],
             "reasons": dg.MetadataValue.md(md_table(funnel, ["outcome", "threads", "meaning"])),
             "characters_per_thread": dg.MetadataValue.md(md_table(m["characters_per_thread"],
@@ -219,9 +243,7 @@ def sheet_rewriter(context: dg.AssetExecutionContext, config: PromptConfig,
     else:
         base = upstream(context, "base_model")
         model_dir, model_hash = base.path, base.data_version
-    settings = RewriteSettings(min_fields=config.sheet_rewrite_min_fields,
-                               min_support=config.sheet_rewrite_min_support,
-                               max_new_tokens=config.sheet_rewrite_max_new_tokens)
+    settings = settings_from(config, RewriteSettings)
     cache = Path(store.root).expanduser().resolve() / "sheet_rewrites"
     rewriter = LLMSheetRewriter(model_dir, cache, model_hash=model_hash, settings=settings)
     return rewriter, rewriter.fingerprint()
@@ -245,8 +267,7 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
     dump = context.partition_key
     filtered = upstream(context, "filtered_threads", dump)
     raw = upstream(context, "raw_threads", dump)  # only for the privacy check's list of handles
-    options = PromptOptions(user_character=config.user_character, max_variants=config.max_variants,
-                            seed=config.seed, names=config.names)
+    options = settings_from(config, PromptOptions)
     rewriter, rewriter_inputs = sheet_rewriter(context, config, store)
     template_files = {p: sha256_file(Path(p)) for p in (config.sheet_template, config.system_prompt_template) if p}
     inputs = {"code": DATA_STAGES_CODE, "config": config.model_dump(), "templates": template_files,
@@ -269,6 +290,8 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
             "threads": m["threads"],
             "user_character": config.user_character,
             "names": config.names,
+            # the duplicate settings of the filtered_threads these samples come from, for tokenized_parquet
+            DEDUP_SETTINGS: filtered.metadata.get(DEDUP_SETTINGS) or dedup_record(DedupConfig()),
             "samples_per_thread": m["samples_per_thread"],
             "user_turns": m["user_turns"],
             "model_turns": m["model_turns"],

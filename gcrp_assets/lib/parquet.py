@@ -26,10 +26,6 @@ def read_rows(path: Path, columns: list[str] | None = None) -> list[dict]:
     return pq.read_table(path, columns=columns).to_pylist()
 
 
-def count_rows(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
-
-
 # Fixed writer options of `RowWriter`: with a fixed batch size, the bytes depend on the rows only.
 WRITER_OPTIONS = dict(compression="zstd", use_dictionary=True, write_statistics=True, store_schema=True)
 BATCH_ROWS = 512

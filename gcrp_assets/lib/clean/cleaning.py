@@ -23,7 +23,7 @@ needs one pass over the handles (it accepts any iterable of threads, or `dump_ha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from gcrp_assets.lib.clean.attribution import attribute
@@ -41,16 +41,27 @@ ATTRIBUTION_MODES = ("contract", "author")
 
 @dataclass(frozen=True)
 class CleaningOptions:
-    drop_unattributed: bool = True  # an unattributed post cannot become a turn; it is counted either way
-    ooc_policy: str = "strip"       # one of ooc.OOC_POLICIES
-    min_post_chars: int = 10        # a post with fewer characters left is near-empty: counted, not a turn
-    # Narrator/system messages of the source program (SillyTavern `/sys`, `extra.type: narrator`): `skip` them
-    # (counted) or keep them as a name-less OOC turn, which every format renders as a user turn.
-    narrator_policy: str = "skip"
-    # `contract`: the raw-threads attribution rules (character field, the author's only character, a name
-    # header). `author`: the author column *is* the speaking character (play scripts, transcripts, chat logs);
-    # authors are then character names, not forum handles, and are not scrubbed.
-    attribution: str = "contract"
+    """How posts are cleaned and attributed (also `FilterConfig`'s fields: one declaration,
+    `orchestration.settings`)."""
+    drop_unattributed: bool = field(default=True, metadata={
+        "help": "Drop posts no rule attributes to a character (always counted in n_unattributed_posts)."})
+    ooc_policy: str = field(default="strip", metadata={
+        "help": "Out-of-character remarks: 'strip' (remove them, keep the post), 'keep' (as a name-less "
+                "'(OOC: ...)' turn after the post, rendered as a user turn without a name), or 'drop_post' "
+                "(drop any post with OOC).",
+        "choices": OOC_POLICIES})
+    min_post_chars: int = field(default=10, metadata={
+        "help": "A post with fewer characters left after cleaning is near-empty: counted in n_empty_posts, "
+                "not a turn."})
+    narrator_policy: str = field(default="skip", metadata={
+        "help": "Narrator/system messages of the source program (SillyTavern /sys, extra.type narrator): 'skip' "
+                "them (counted) or keep them as a name-less OOC turn ('ooc', rendered as a user turn).",
+        "choices": NARRATOR_POLICIES})
+    attribution: str = field(default="contract", metadata={
+        "help": "'contract': the input contract's rules (character field, the author's only character, a name "
+                "header). 'author': the author column is the speaking character (play scripts, transcripts, "
+                "chat logs); authors are then names, not handles.",
+        "choices": ATTRIBUTION_MODES})
 
     def __post_init__(self) -> None:
         if self.ooc_policy not in OOC_POLICIES:

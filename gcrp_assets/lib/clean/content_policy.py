@@ -2,10 +2,10 @@
 
 One real export held sexual roleplay framed around minors. `check_thread` looks at a cleaned thread
 (`turns: [{"character", "text", "kind"}]`, `characters: [{"name", "sheet"}]`, `title`) and returns a
-`Violation` with reason `minor_sexual_content`, or None. It is on by default (`PolicyConfig.enabled`).
+`Violation` with reason `minor_sexual_content`, or None. It is on by default (`PolicyConfig.content_policy`).
 
 The rule lists live in `gcrp_assets/templates/content_policy.yaml` (sexual terms, child and school words,
-age patterns, exclusions, past markers); a user file (`PolicyConfig.extra_rules_path`) extends them: its
+age patterns, exclusions, past markers); a user file (`PolicyConfig.content_policy_rules`) extends them: its
 lists are appended to the defaults, its scalars replace them.
 
 The rule. Text is looked at in units: the title, each turn, each character sheet.
@@ -91,8 +91,14 @@ _ATTACH_KINDS = ("subject", "context", "none")
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    enabled: bool = True            # off only on purpose: sexual content with minors must never be trained on
-    extra_rules_path: str = ""      # a YAML file whose lists extend content_policy.yaml (scalars replace)
+    """Whether the policy runs and which extra rules it reads (also `FilterConfig`'s fields: one declaration,
+    `orchestration.settings`). Off only on purpose: sexual content with minors must never be trained on."""
+    content_policy: bool = field(default=True, metadata={
+        "help": "Reject threads where sexual content co-occurs with signs that a participant is a minor "
+                "(minor_sexual_content); evidence is kept in rejects.parquet only."})
+    content_policy_rules: str = field(default="", metadata={
+        "help": "Extra YAML rule file merged with the shipped templates/content_policy.yaml (its lists extend "
+                "the shipped ones, its scalars replace them)."})
 
 
 @dataclass
@@ -451,15 +457,15 @@ def compile_rules(spec: dict, enabled: bool = True) -> ContentPolicy:
 
 
 def load_policy(config: PolicyConfig | None = None) -> ContentPolicy:
-    """The shipped rules, extended by `config.extra_rules_path`, compiled once (call once per run)."""
+    """The shipped rules, extended by `config.content_policy_rules`, compiled once (call once per run)."""
     config = config or PolicyConfig()
     spec = default_rules()
-    if config.extra_rules_path:
-        path = Path(config.extra_rules_path)
+    if config.content_policy_rules:
+        path = Path(config.content_policy_rules)
         if not path.is_file():
-            raise ValueError(f"content policy extra_rules_path {str(path)!r} is not a file")
+            raise ValueError(f"content policy rules file {str(path)!r} is not a file")
         spec = merge_rules(spec, _read_rules(path.read_text("utf-8"), str(path)))
-    return compile_rules(spec, enabled=config.enabled)
+    return compile_rules(spec, enabled=config.content_policy)
 
 
 # --- matching ----------------------------------------------------------------------------------------

@@ -4,10 +4,10 @@ A thread's text for deduplication is its turns' text, joined. Two tests, in this
 
 - exact: the same *normalized* text (case-folded, every run of non-word characters one space),
   by a 64-bit prefix of its SHA-256 -> reason `exact_duplicate`;
-- near: MinHash (datasketch, `num_perm` permutations, fixed seed) over word shingles of
+- near: MinHash (datasketch, `minhash_permutations` permutations, fixed seed) over word shingles of
   `shingle_words` words (hashed by `shingle_hashes`); candidate pairs come from LSH banding (bands and rows chosen like
-  datasketch's `MinHashLSH` for `threshold`); a candidate is a duplicate when the
-  MinHash-estimated Jaccard similarity is at least `threshold` -> reason `near_duplicate`.
+  datasketch's `MinHashLSH` for `near_duplicate_threshold`); a candidate is a duplicate when the
+  MinHash-estimated Jaccard similarity is at least `near_duplicate_threshold` -> reason `near_duplicate`.
 
 Which copy survives is deterministic and independent of input order: threads are visited by
 (dump name, thread_id); a thread is dropped when it matches an earlier thread that was kept, and
@@ -34,7 +34,7 @@ import hashlib
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -45,20 +45,31 @@ _WORDS = re.compile(r"\w+")
 _CHUNK = 4096
 
 
+# Seed of the MinHash permutations: fixed, so that signatures (and which copy survives) never depend on the run.
+MINHASH_SEED = 1
+
+
 @dataclass(frozen=True)
 class DedupConfig:
-    exact: bool = True
-    near: bool = True
-    threshold: float = 0.8       # MinHash-estimated Jaccard of word shingles at or above which a thread is a copy
-    shingle_words: int = 5
-    num_perm: int = 128
-    seed: int = 1
+    """Duplicate detection settings (also `FilterConfig`'s fields: one declaration, `orchestration.settings`)."""
+    dedup_exact: bool = field(default=True, metadata={
+        "help": "Reject exact duplicates (same normalized text) within the dump (exact_duplicate); the earliest "
+                "thread_id is kept."})
+    dedup_near: bool = field(default=True, metadata={
+        "help": "Reject near duplicates within the dump (near_duplicate): MinHash/LSH over word shingles; the "
+                "earliest thread_id is kept."})
+    near_duplicate_threshold: float = field(default=0.8, metadata={
+        "help": "MinHash-estimated Jaccard similarity of word shingles at or above which a thread is a near "
+                "duplicate."})
+    shingle_words: int = field(default=5, metadata={"help": "Words per shingle for near-duplicate detection."})
+    minhash_permutations: int = field(default=128, metadata={
+        "help": "MinHash permutations for near-duplicate detection."})
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {self.threshold}")
-        if self.shingle_words < 1 or self.num_perm < 2:
-            raise ValueError("shingle_words must be >= 1 and num_perm >= 2")
+        if not 0.0 < self.near_duplicate_threshold <= 1.0:
+            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {self.near_duplicate_threshold}")
+        if self.shingle_words < 1 or self.minhash_permutations < 2:
+            raise ValueError("shingle_words must be >= 1 and minhash_permutations >= 2")
 
 
 @dataclass(frozen=True)
@@ -163,15 +174,15 @@ class Signer:
 
     def __init__(self, config: DedupConfig = DedupConfig()):
         self.config = config
-        self.bands, self.rows = lsh_params(config.threshold, config.num_perm)
-        self._template = MinHash(num_perm=config.num_perm, seed=config.seed)
+        self.bands, self.rows = lsh_params(config.near_duplicate_threshold, config.minhash_permutations)
+        self._template = MinHash(num_perm=config.minhash_permutations, seed=MINHASH_SEED)
 
     def sign_text(self, text: str) -> Signature:
         normalized = normalize(text)
         if not normalized:
-            return Signature(0, np.zeros(self.config.num_perm, np.uint32), np.zeros(self.bands, np.uint64))
+            return Signature(0, np.zeros(self.config.minhash_permutations, np.uint32), np.zeros(self.bands, np.uint64))
         exact = exact_hash(normalized) or 1
-        m = MinHash(num_perm=self.config.num_perm, seed=self.config.seed, hashfunc=_identity,
+        m = MinHash(num_perm=self.config.minhash_permutations, seed=MINHASH_SEED, hashfunc=_identity,
                     permutations=self._template.permutations, scheme=self._template.scheme)
         m.update_batch(shingle_hashes(normalized, self.config.shingle_words))
         values = np.asarray(m.hashvalues, dtype=np.uint32)
@@ -225,7 +236,7 @@ class SignatureStore:
             self._spill = os.fdopen(handle, "wb")
             self._minhash = None
         else:
-            self._minhash = _Rows(config.num_perm, np.uint32)
+            self._minhash = _Rows(config.minhash_permutations, np.uint32)
 
     def add(self, dump: str, thread_id: str, thread: dict | None = None, text: str | None = None) -> None:
         signature = self.signer.sign_text(text if text is not None else thread_text(thread or {}))
@@ -245,8 +256,9 @@ class SignatureStore:
             return self._minhash.array()
         self._spill.flush()
         if not self.keys:
-            return np.zeros((0, self.config.num_perm), np.uint32)
-        return np.memmap(self._spill_path, dtype=np.uint32, mode="r", shape=(len(self.keys), self.config.num_perm))
+            return np.zeros((0, self.config.minhash_permutations), np.uint32)
+        return np.memmap(self._spill_path, dtype=np.uint32, mode="r",
+                         shape=(len(self.keys), self.config.minhash_permutations))
 
     def close(self) -> None:
         if self._spill is not None:
@@ -257,16 +269,16 @@ class SignatureStore:
     def resolve(self, across_dumps_only: bool = False) -> list[Duplicate]:
         """Which threads to drop, and why; see the module docstring for the rule."""
         n = len(self.keys)
-        if n < 2 or not (self.config.exact or self.config.near):
+        if n < 2 or not (self.config.dedup_exact or self.config.dedup_near):
             return []
         order = sorted(range(n), key=self.keys.__getitem__)
         rank = np.empty(n, np.int64)
         rank[order] = np.arange(n)
         exact = self._exact.array()[:, 0]
         has_words = exact != 0
-        exact_groups = _groups(exact, has_words) if self.config.exact else {}
+        exact_groups = _groups(exact, has_words) if self.config.dedup_exact else {}
         near_groups: dict[int, list[np.ndarray]] = {}
-        if self.config.near:
+        if self.config.dedup_near:
             bands = self._bands.array()
             for column in range(bands.shape[1]):
                 for i, members in _groups(bands[:, column], has_words).items():
@@ -294,7 +306,7 @@ class SignatureStore:
             if found is None and i in near_groups:
                 for j in earlier(i, near_groups[i]):
                     similarity = float(np.mean(minhash[i] == minhash[j]))
-                    if similarity >= self.config.threshold:
+                    if similarity >= self.config.near_duplicate_threshold:
                         found = (j, "near_duplicate", round(similarity, 4))
                         break
             if found is not None:
@@ -338,7 +350,7 @@ def find_duplicates(threads: Iterable[dict], config: DedupConfig = DedupConfig()
     Several items with the same (dump, thread_id), such as the variants of one thread in
     augmented_prompts, are compared once, by the first of them.
     """
-    if not (config.exact or config.near):
+    if not (config.dedup_exact or config.dedup_near):
         return []
     store = SignatureStore(config)
     seen: set[tuple[str, str]] = set()

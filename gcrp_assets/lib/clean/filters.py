@@ -13,25 +13,40 @@ boundaries; a turn that alone exceeds the token budget is dropped and reported t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gcrp_assets.lib.clean import content_policy
 from gcrp_assets.lib.clean.language import SCORERS, language_score
 
+LANGUAGES = ("", *SCORERS)  # "" = no language filter
+
 
 @dataclass(frozen=True)
 class FilterRules:
-    min_turns: int = 6
-    min_characters: int = 2
-    max_characters: int = 7
-    max_post_chars: int = 20_000          # 0 = no limit
-    max_unattributed_share: float = 0.3   # 1.0 = no limit
-    max_ooc_share: float = 0.5            # 1.0 = no limit
-    language: str = ""                    # "" = off; "en" = English stop-word heuristic
-    min_language_score: float = 0.2
+    """The per-thread filters' settings (also `FilterConfig`'s fields: one declaration, `orchestration.settings`)."""
+    min_turns: int = field(default=6, metadata={"help": "Keep threads with at least this many roleplay turns."})
+    min_characters: int = field(default=2, metadata={
+        "help": "Keep threads with at least this many speaking characters."})
+    max_characters: int = field(default=7, metadata={
+        "help": "Keep threads with at most this many speaking characters."})
+    max_post_chars: int = field(default=20_000, metadata={
+        "help": "Reject a thread (post_too_long) with a roleplay post longer than this many characters "
+                "(rejected, not split); 0 = no limit."})
+    max_unattributed_share: float = field(default=0.3, metadata={
+        "help": "Reject a thread (too_many_unattributed) when more than this share of its posts is attributable "
+                "to no character; 1.0 = never."})
+    max_ooc_share: float = field(default=0.5, metadata={
+        "help": "Reject a thread (too_much_ooc) when more than this share of its posts hold OOC remarks; "
+                "1.0 = never."})
+    language: str = field(default="", metadata={
+        "help": "'' = no language filter; 'en' = reject threads (not_english) whose English stop-word ratio is "
+                "below min_language_score.",
+        "choices": LANGUAGES})
+    min_language_score: float = field(default=0.2, metadata={
+        "help": "Minimum stop-word ratio for the language filter."})
 
     def __post_init__(self) -> None:
-        if self.language not in ("", *SCORERS):
+        if self.language not in LANGUAGES:
             raise ValueError(f"no language filter for {self.language!r}; use '' (off) or one of {sorted(SCORERS)}")
 
 

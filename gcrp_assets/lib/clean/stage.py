@@ -96,7 +96,7 @@ def run_filtered(raw_path: Path, folder: Path, rules: FilterRules = FilterRules(
     as rejects. The rejects file is the filter rejects and the duplicate rejects merged in dump order.
     """
     scrubber = raw_scrubber(raw_path, batch, options.authors_are_characters)
-    sign = dedup.exact or dedup.near
+    sign = dedup.dedup_exact or dedup.dedup_near
     reasons: Counter[str] = Counter()
     seen: Counter[str] = Counter()  # over every thread read, kept or not
     n_in = 0

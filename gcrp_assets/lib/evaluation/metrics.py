@@ -33,7 +33,8 @@ TEMPLATE_MARKERS: tuple[str, ...] = (
 # Literal end-of-sequence / end-of-turn tokens as they appear in text decoded with special tokens kept.
 END_TOKENS: tuple[str, ...] = ("</s>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<eos>")
 
-STOP_OUTCOMES = ("natural_stop", "truncated", "run_on")
+# The classes of `stop_outcome`, in the order continuations are scored (lib/evaluation/scoring.py).
+STOP_OUTCOMES = ("run_on", "natural_stop", "truncated")
 
 
 # --- paired statistics (§4) -------------------------------------------------------------------------

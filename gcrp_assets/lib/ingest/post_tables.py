@@ -47,8 +47,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from gcrp_assets.lib.ingest import lines
-from gcrp_assets.lib.ingest.contract import (DumpContents, DumpReadError, record_reject, validate_thread,
-                                             dump_name)
+from gcrp_assets.lib.ingest.contract import DumpContents, DumpReadError, record_reject, validate_thread
 from gcrp_assets.lib.clean.markup import to_text
 from gcrp_assets.lib.prompts.sheets import SheetTemplate, parse_sheet
 
@@ -826,14 +825,6 @@ def _problems(rows: list[_Row], kind: str) -> list[tuple[int, int, str, str]]:
 def _record(rows: list[_Row]) -> str:
     return json.dumps([{"row": r.number, **r.original} for r in sorted(rows, key=lambda r: r.number)],
                       ensure_ascii=False, default=str)
-
-
-def read_post_table(path: Path) -> DumpContents:
-    """Threads from a CSV, TSV or Parquet post table; see the module docstring for the rules."""
-    out = DumpContents(dump_name(path), layout="post_table")
-    for kind, record in iter_post_table(path, out):
-        (out.threads if kind == "thread" else out.rejects).append(record)
-    return out
 
 
 @dataclass

@@ -73,8 +73,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from gcrp_assets.lib.ingest import contract, lines
-from gcrp_assets.lib.ingest.contract import (DumpContents, DumpReadError, record_reject, validate_thread,
-                                             dump_name)
+from gcrp_assets.lib.ingest.contract import DumpContents, DumpReadError, record_reject, validate_thread
 from gcrp_assets.lib.ingest.inbox import inbox_root, outside_link
 from gcrp_assets.lib.ingest import cards as card_lib
 from gcrp_assets.lib.ingest.cards import (Card, CardError, CardTooLarge, card_from_json, card_sheet,
@@ -541,14 +540,6 @@ def _why(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------------------------------------------
 # The importer
-
-
-def read_sillytavern(path: Path) -> DumpContents:
-    """Threads from a SillyTavern export folder, or from one chat file dropped on its own."""
-    out = DumpContents(dump_name(path), layout="sillytavern")
-    for kind, record in iter_sillytavern(path, out):
-        (out.threads if kind == "thread" else out.rejects).append(record)
-    return out
 
 
 def iter_sillytavern(path: Path, out: DumpContents) -> Iterator[tuple[str, dict]]:

@@ -8,12 +8,13 @@ input gives a byte-identical file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from gcrp_assets.lib import schemas
 from gcrp_assets.lib.ingest.dumps import iter_dump
-from gcrp_assets.lib.ingest.lines import limit_records
+from gcrp_assets.lib.ingest.lines import MAX_RECORD_BYTES, limit_records
 from gcrp_assets.lib.parquet import BATCH_ROWS, RowWriter
 from gcrp_assets.lib.tables import clip
 from gcrp_assets.lib.tables import LISTED_REJECTS, PREVIEW_ROWS
@@ -22,6 +23,16 @@ from gcrp_assets.lib.tables import LISTED_REJECTS, PREVIEW_ROWS
 # ---------------------------------------------------------------------------------------------------
 # raw_threads
 # ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawSettings:
+    """The raw stage's settings (also `RawConfig`'s fields: one declaration, `orchestration.settings`)."""
+    max_record_bytes: int = field(default=MAX_RECORD_BYTES, metadata={
+        "help": "Largest record read (a JSONL line, a chat message line, a table row or thread, a card): a longer "
+                "one is rejected record_too_large without being held in memory."})
+
+
 def run_raw(path: Path, folder: Path, batch: int = BATCH_ROWS,
             on_reject: Callable[[dict], None] | None = None, max_record_bytes: int | None = None) -> dict:
     """One dump (any layout) -> `threads.parquet` (RAW_THREADS) and `rejects.parquet` (REJECTS) in `folder`.

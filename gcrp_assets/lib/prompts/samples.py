@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -45,10 +45,20 @@ USER_PLACEHOLDER = "{user}"
 
 @dataclass(frozen=True)
 class PromptOptions:
-    user_character: str = "starter"
-    max_variants: int = 3   # `each`: at most this many samples per thread (0 = one per character)
-    seed: int = 0           # `random`: with the thread key, seeds the draw
-    names: str = "real"     # "real" | "placeholder"
+    """Who the user plays and how speakers are named (also `PromptConfig`'s fields: one declaration,
+    `orchestration.settings`)."""
+    user_character: str = field(default="starter", metadata={
+        "help": "Which character the human user plays: 'starter' (the thread's first speaker), 'each' (every "
+                "character in turn, one sample each, up to max_variants), or 'random' (one, drawn with seed and "
+                "the thread key).",
+        "choices": USER_CHARACTER_STRATEGIES})
+    max_variants: int = field(default=3, metadata={
+        "help": "'each': at most this many samples per thread (0 = every character)."})
+    seed: int = field(default=0, metadata={"help": "'random': seed of the draw (combined with the thread key)."})
+    names: str = field(default="real", metadata={
+        "help": "Speaker names on turns: 'real' (character names) or 'placeholder' ('{user}', '{char1}', ... with "
+                "the roster 'Name # {char1}' in the system prompt; the mapping is the name_map column).",
+        "choices": NAME_MODES})
 
     def __post_init__(self) -> None:
         if self.user_character not in USER_CHARACTER_STRATEGIES:

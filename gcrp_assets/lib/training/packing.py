@@ -21,6 +21,8 @@ computed only at positions that predict a trained token (`logits_to_keep` indice
 
 from __future__ import annotations
 
+import importlib.util
+
 from dataclasses import dataclass, field
 
 from gcrp_assets.lib.formats.tokenization import IGNORE
@@ -162,10 +164,6 @@ def attention_for(packing: bool, requested: str = "auto") -> str:
         return "sdpa"
     import torch
 
-    if torch.cuda.is_available():
-        try:
-            import flash_attn  # noqa: F401
-            return "flash_attention_2"
-        except ImportError:
-            pass
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
     return register_packed_attention()

@@ -22,24 +22,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from gcrp_assets.lib.training.hyperparameters import flat_defaults
 
 
-# The `smoke` recipe: what every field is when neither the config nor the chosen recipe sets it.
-DEFAULTS: dict[str, Any] = {
-    "format": "", "rank": 16, "alpha": 32, "dropout": 0.05, "use_rslora": False,
-    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_steps": 2, "wsd_stable_epochs": 0.0,
-    "wsd_decay_epochs": 0.0, "min_lr_ratio": 0.0, "weight_decay": 0.0, "optim": "adamw_torch",
-    "num_epochs": 1.0, "max_steps": 16, "batch_size": 1, "gradient_accumulation_steps": 1, "global_batch_size": 0,
-    "max_length": 2048, "packing": True,
-    "precision": "auto", "load_in_8bit": False, "load_in_4bit": False, "bnb_4bit_quant_type": "nf4",
-    "bnb_4bit_use_double_quant": True, "gradient_checkpointing": False, "attn_implementation": "auto",
-    "save_steps": 10, "save_total_limit": 2, "merge": False, "logging_steps": 5, "eval_steps": 10,
-    "eval_rows_in_training": 4, "seed": 0,
-    "launcher": "python", "nproc_per_node": 1, "zero_stage": 0, "offload_optimizer": False, "nnodes": 1,
-    "node_rank": 0, "master_addr": "127.0.0.1", "master_port": 29500, "hostfile": "",
-}
+# The `smoke` recipe: what every field is when neither the config nor the chosen recipe sets it; the defaults
+# declared with each setting in `hyperparameters.py` (tuples as lists, as the config's values are).
+DEFAULTS: dict[str, Any] = flat_defaults()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""Deterministic generator for the sample forum-roleplay corpus in ``inbox/``.
+"""Deterministic generator for the sample forum-roleplay corpus in ``gcrp_assets/sample_corpus/inbox/``
+(the package's embedded default data; this generator is development tooling and is not installed).
 
 Run from the repository root::
 
-    python -m gcrp_assets.sample_corpus.generate
+    python -m tools.sample_corpus.generate
 
 It rewrites ``inbox/moonlit_guild.jsonl`` (fantasy forum "moonlit-guild") and
 ``inbox/starport_forum.jsonl`` (sci-fi / modern / noir / post-apocalyptic forum "starport-rp")
@@ -38,7 +39,7 @@ from .banks_starport import PLACE_SHORT as STARPORT_PLACE_SHORT
 from .banks_starport import STARPORT_SETTINGS
 
 SEED = "gcrp-sample-corpus/v1"
-INBOX = Path(__file__).resolve().parent / "inbox"
+INBOX = Path(__file__).resolve().parents[2] / "gcrp_assets" / "sample_corpus" / "inbox"
 
 DUMPS: dict[str, dict[str, Any]] = {
     "moonlit": {

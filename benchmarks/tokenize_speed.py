@@ -2,12 +2,12 @@
 
 Run from the repository root (either form):
 
-    .venv/bin/python -m benchmarks.tokenize --threads 20000
-    .venv/bin/python benchmarks/tokenize.py --threads 2000      # quick
+    .venv/bin/python -m benchmarks.tokenize_speed --threads 20000
+    .venv/bin/python benchmarks/tokenize_speed.py --threads 2000      # quick
 
-A deterministic synthetic corpus of forum group-roleplay threads is generated in batches (never
-held whole in memory): 2–7 characters, non-alternating turns, a roster system prompt, and a share
-of long threads (40–80 turns). For each batch, in one run:
+A deterministic synthetic corpus of forum group-roleplay threads (`benchmarks.corpus.synthetic_samples`)
+is generated in batches (never held whole in memory): 2–7 characters, non-alternating turns, a roster
+system prompt, and a share of long threads (40–80 turns). For each batch, in one run:
 
 - raw: `tokenizer(texts)` on the already rendered texts, batched — the limit;
 - pipeline: `tokenize_samples` (render + tokenize + labels + windows), same samples;
@@ -31,87 +31,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path, and its name would shadow the
-# standard library's `tokenize` module (used by linecache, inspect, …): drop that folder.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 if str(_HERE.parent) not in sys.path:
     sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import os  # noqa: E402
-import random  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+
+from benchmarks.corpus import batched, synthetic_samples  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-WORDS = ("the a and of to in was his her he she they it that with as at for on but not had were said "
-         "door night blade shadow light tavern sword voice eyes hand smile window cold rain fire steel "
-         "moment glance silence laughter whisper breath floor table glass wine bottle coat mask crowd "
-         "music corridor stairs guard captain mage spell ward rune ember frost storm harbor ship rope "
-         "walked turned looked stepped nodded shrugged grinned frowned sighed paused waited listened "
-         "slowly quietly briefly finally suddenly carefully never always again still almost perhaps").split()
-NAMES = ["Ballbuster Steve", 'Altair "Arty" Enzo', "Sukuna Gojo", "Keri Wolf", "Satori", "Nanashi", "Anon",
-         "Mira Vale", "Tobias Crane", "Lady Ysolde", "Brother Hal", "Quill", "Renn", "Odette Marsh",
-         "Captain Ferro", "Juniper", "Dax", "Ilse Varga", "Morrow", "Pell"]
-
-
-def _sentence_pool(rng: random.Random, size: int = 4000) -> list[str]:
-    pool = []
-    for _ in range(size):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(5, 18))]
-        text = " ".join(words)
-        text = text[0].upper() + text[1:] + rng.choice([".", ".", ".", "!", "?", "..."])
-        kind = rng.random()
-        if kind < 0.3:
-            text = f'"{text}"'
-        elif kind < 0.4:
-            text = f"*{text}*"
-        pool.append(text)
-    return pool
-
-
-def threads(n: int, seed: int = 0, long_every: int = 10) -> Iterator[dict]:
-    """`n` synthetic threads, deterministic for a seed; every `long_every`-th has 40–80 turns."""
-    rng = random.Random(seed)
-    pool = _sentence_pool(rng)
-    for i in range(n):
-        cast = rng.sample(NAMES, rng.randint(2, 7))
-        user, others = cast[0], cast[1:]
-        if i % long_every == 0:
-            n_turns = rng.randint(40, 80)
-        else:
-            n_turns = rng.randint(6, 20) if rng.random() < 0.75 else rng.randint(21, 39)
-        roster = "\n---\n".join(f"{c} # {{char{k}}}\nCharacter Bio: {' '.join(rng.choices(pool, k=3))}"
-                                for k, c in enumerate(others, 1))
-        system = (f"You are involved in a multi-character internet-style roleplaying session with a human user, "
-                  f"who is playing as {user}. Do not generate dialogue for the user's character, {user}.\n\n"
-                  f"[Human User]\n{user} # {{user}}\nCharacter Bio: {' '.join(rng.choices(pool, k=2))}\n\n"
-                  f"[Involved Characters]\n{roster}\n\nThe roleplay begins now.")
-        turns = []
-        for _ in range(n_turns):
-            is_user = rng.random() < 0.35
-            paragraphs = [" ".join(rng.choices(pool, k=rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
-            turns.append({"role": "user" if is_user else "model", "name": user if is_user else rng.choice(others),
-                          "text": "\n\n".join(paragraphs)})
-        yield {"sample_id": f"bench-{seed}-{i}", "thread_key": f"bench/t{i}", "user_character": user,
-               "system": system, "turns": turns}
-
-
-def batched(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def peak_rss_mib() -> float:
@@ -185,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     quarter = max(1, args.threads // 4)
     long_subset: list[dict] = []
     started = time.perf_counter()
-    for batch in batched(threads(args.threads, args.seed), args.batch):
+    for batch in batched(synthetic_samples(args.threads, args.seed), args.batch):
         texts = [render(s, fmt, tokenizer.bos_token, eos_token=tokenizer.eos_token).text for s in batch]
         t0 = time.perf_counter()
         raw = tokenizer(texts, add_special_tokens=False)
@@ -255,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| {'pipeline':<58} | {'tokens':>10} | {'seconds':>8} | {'tokens/s':>10} | {'vs raw':>8} |")
     print(f"|{'-' * 60}|{'-' * 12}|{'-' * 10}|{'-' * 12}|{'-' * 10}|")
     print(row("raw tokenizer(texts), batched (the limit)", corpus_tokens, raw_s, "1.00x"))
-    print(row(f"tokenize_samples: render + tokenize + labels + windows", corpus_tokens, ours_s,
+    print(row("tokenize_samples: render + tokenize + labels + windows", corpus_tokens, ours_s,
               f"{raw_s / ours_s:.2f}x"))
     if alone_s:
         print(row("tokenize_samples, each window tokenized alone (before)", corpus_tokens, alone_s,
