@@ -127,8 +127,8 @@ def known_issues(summary: dict) -> list[str]:
     user = roles.get("user_text", {})
     if user.get("tokens"):
         out.append(
-            f"- User-turn loss {_num(user['loss_base'])} → {_num(user['loss_adapter'])} nats/token (95% CI of the "
-            f"per-thread change [{_num(user['delta_ci_low'])}, {_num(user['delta_ci_high'])}]; model-turn text "
+            f"- User-turn loss {_num(user['loss_base'])} → {_num(user['loss_adapter'])} nats/token (95% cluster-bootstrap CI "
+            f"of the change [{_num(user['delta_ci_low'])}, {_num(user['delta_ci_high'])}]; model-turn text "
             f"{_num(roles.get('model_text', {}).get('loss_base'))} → {_num(roles.get('model_text', {}).get('loss_adapter'))})"
             ": a user-turn loss falling as fast as the model-turn loss means the adapter learns to write the user's "
             "turns too (impersonation risk).")

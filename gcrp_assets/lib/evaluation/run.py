@@ -91,14 +91,22 @@ def _role_masks(rows: list[dict], samples: list[dict], fmt, tokenizer) -> tuple[
 
 
 def _paired(per_row_base, per_row_adapter, rows, settings: EvalSettings) -> dict:
-    """Per-thread token-weighted losses of both arms, and the paired bootstrap of their difference."""
-    per_thread = {arm: em.thread_level_losses({"thread_key": r["thread_key"], "nll": n, "tokens": t}
-                                              for r, (n, t) in zip(rows, pairs))
-                  for arm, pairs in (("base", per_row_base), ("adapter", per_row_adapter))}
+    """Per-thread token-weighted losses of both arms; the token-weighted difference (adapter − base) with a
+    cluster bootstrap CI over threads of that same statistic (`diff`, `low`, `high`); and the mean of the
+    per-thread differences with its own paired bootstrap CI (`mean`, `mean_low`, `mean_high`, for the
+    per-thread plot)."""
+    sums = {arm: em.thread_sums({"thread_key": r["thread_key"], "nll": n, "tokens": t}
+                                for r, (n, t) in zip(rows, pairs))
+            for arm, pairs in (("base", per_row_base), ("adapter", per_row_adapter))}
+    per_thread = {arm: {k: nll / tokens for k, (nll, tokens) in arm_sums.items()} for arm, arm_sums in sums.items()}
     keys, deltas = em.paired_thread_deltas(per_thread["base"], per_thread["adapter"])
-    mean, low, high = em.paired_bootstrap(deltas, settings.bootstrap_resamples, seed=0)
-    return {"keys": keys, "deltas": deltas.tolist(), "mean": mean, "low": low, "high": high,
-            "per_thread": per_thread}
+    diff, low, high = em.cluster_bootstrap_difference([sums["base"][k][0] for k in keys],
+                                                      [sums["adapter"][k][0] for k in keys],
+                                                      [sums["base"][k][1] for k in keys],
+                                                      settings.bootstrap_resamples, seed=0)
+    mean, mean_low, mean_high = em.paired_bootstrap(deltas, settings.bootstrap_resamples, seed=0)
+    return {"keys": keys, "deltas": deltas.tolist(), "diff": diff, "low": low, "high": high,
+            "mean": mean, "mean_low": mean_low, "mean_high": mean_high, "per_thread": per_thread}
 
 
 def loss_section(model, tokenizer, rows: list[dict], samples: list[dict], fmt, settings: EvalSettings,
@@ -134,7 +142,9 @@ def loss_section(model, tokenizer, rows: list[dict], samples: list[dict], fmt, s
                          "perplexity_base": tb.perplexity, "perplexity_adapter": ta.perplexity,
                          "bits_per_byte_base": em.bits_per_byte(tb.nll, nbytes),
                          "bits_per_byte_adapter": em.bits_per_byte(ta.nll, nbytes),
-                         "delta_mean_per_thread": p["mean"], "delta_ci_low": p["low"], "delta_ci_high": p["high"],
+                         "delta": p["diff"], "delta_ci_low": p["low"], "delta_ci_high": p["high"],
+                         "delta_mean_per_thread": p["mean"], "delta_mean_ci_low": p["mean_low"],
+                         "delta_mean_ci_high": p["mean_high"],
                          "per_thread": {k: {"base": p["per_thread"]["base"][k],
                                             "adapter": p["per_thread"]["adapter"][k]} for k in p["keys"]}}
     return {
@@ -143,8 +153,9 @@ def loss_section(model, tokenizer, rows: list[dict], samples: list[dict], fmt, s
         "bits_per_byte_base": em.bits_per_byte(base.nll, n_bytes),
         "bits_per_byte_adapter": em.bits_per_byte(adapter.nll, n_bytes),
         "eval_trained_tokens": adapter.tokens,
-        "loss_delta_mean_per_thread": paired["mean"], "loss_delta_ci_low": paired["low"],
-        "loss_delta_ci_high": paired["high"],
+        "loss_delta": paired["diff"], "loss_delta_ci_low": paired["low"], "loss_delta_ci_high": paired["high"],
+        "loss_delta_mean_per_thread": paired["mean"], "loss_delta_mean_ci_low": paired["mean_low"],
+        "loss_delta_mean_ci_high": paired["mean_high"],
         "per_thread_loss": {k: {"base": paired["per_thread"]["base"][k], "adapter": paired["per_thread"]["adapter"][k]}
                             for k in paired["keys"]},
         "role_losses": by_role, "role_mask_rows": len(scored), "role_mask_mismatches": mismatches,
@@ -307,8 +318,8 @@ def _plots(summary: dict, adapter: Path) -> dict:
             "thread_losses": paired_scatter_png([t["base"] for _, t in thread_losses],
                                                 [t["adapter"] for _, t in thread_losses]),
             "thread_deltas": thread_delta_png([k for k, _ in thread_losses], deltas,
-                                              loss["loss_delta_mean_per_thread"], loss["loss_delta_ci_low"],
-                                              loss["loss_delta_ci_high"]),
+                                              loss["loss_delta_mean_per_thread"], loss["loss_delta_mean_ci_low"],
+                                              loss["loss_delta_mean_ci_high"]),
             "role_losses": role_loss_png({r: v for r, v in loss["role_losses"].items() if v.get("tokens")}),
             "lengths": length_distribution_png(lengths)}
 
