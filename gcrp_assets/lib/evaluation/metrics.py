@@ -39,6 +39,20 @@ STOP_OUTCOMES = ("run_on", "natural_stop", "truncated")
 
 # --- paired statistics (§4) -------------------------------------------------------------------------
 
+def _percentile_ci(statistic, n: int, n_resamples: int, seed: int) -> tuple[float, float]:
+    """95 % percentile bootstrap interval: `statistic` maps a (resamples, n) array of thread indices drawn with
+    replacement (`numpy.random.default_rng(seed)`) to one value per resample; drawn in chunks so memory stays
+    bounded for many threads. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_resamples, 2_000_000 // n))
+    stats = np.empty(n_resamples, dtype=np.float64)
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        stats[start:start + size] = statistic(rng.integers(0, n, (size, n)))
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def paired_bootstrap(deltas: Sequence[float], n_resamples: int = 10_000,
                      seed: int = 0) -> tuple[float, float, float]:
     """Mean of per-thread deltas with a 95 % percentile bootstrap CI: `(mean, low, high)`.
@@ -63,14 +77,8 @@ def paired_bootstrap(deltas: Sequence[float], n_resamples: int = 10_000,
     mean = float(d.mean())
     if n == 1:
         return mean, NAN, NAN
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_resamples, 2_000_000 // n))  # bounded memory for many threads
-    means = np.empty(n_resamples, dtype=np.float64)
-    for start in range(0, n_resamples, chunk):
-        size = min(chunk, n_resamples - start)
-        means[start:start + size] = d[rng.integers(0, n, (size, n))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return mean, float(low), float(high)
+    low, high = _percentile_ci(lambda idx: d[idx].mean(axis=1), n, n_resamples, seed)
+    return mean, low, high
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -158,15 +166,8 @@ def cluster_bootstrap_difference(nll_base: Sequence[float], nll_adapter: Sequenc
     point = float(diff_nll.sum() / t.sum())
     if n == 1:
         return point, NAN, NAN
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_resamples, 2_000_000 // n))  # bounded memory for many threads
-    stats = np.empty(n_resamples, dtype=np.float64)
-    for start in range(0, n_resamples, chunk):
-        size = min(chunk, n_resamples - start)
-        idx = rng.integers(0, n, (size, n))
-        stats[start:start + size] = diff_nll[idx].sum(axis=1) / t[idx].sum(axis=1)
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return point, float(low), float(high)
+    low, high = _percentile_ci(lambda idx: diff_nll[idx].sum(axis=1) / t[idx].sum(axis=1), n, n_resamples, seed)
+    return point, low, high
 
 
 def thread_sums(rows: Iterable[Mapping]) -> dict[str, tuple[float, int]]:
