@@ -12,7 +12,8 @@
 - `synthetic_samples(n)`: samples (system prompt, roster, turns) generated from a word list, 2-7
   characters, non-alternating turns, every `long_every`-th thread 40-80 turns, streamed.
 
-Nothing here imports Dagster (it would raise the data-stage benchmarks' memory floor).
+Nothing here imports Dagster (it would raise the data-stage benchmarks' memory floor), and gcrp_assets only inside
+the functions that need it.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import gcrp_assets
-
-SAMPLE_INBOX = Path(gcrp_assets.__file__).resolve().parent / "sample_corpus" / "inbox"
+# The sample corpus, found next to this file (not by importing gcrp_assets: `benchmarks.data_stages` runs the
+# stages of an older checkout in child processes, which must import that checkout's package, not this one's).
+SAMPLE_INBOX = Path(__file__).resolve().parent.parent / "gcrp_assets" / "sample_corpus" / "inbox"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -168,12 +168,14 @@ def filtered_threads(context: dg.AssetExecutionContext, config: FilterConfig, st
         raise dg.Failure(f"content_policy_rules: {exc}") from exc
     rules_path = policy_config.content_policy_rules
     rules_file = {rules_path: sha256_file(Path(rules_path))} if rules_path else {}
-    inputs = {"code": DATA_STAGES_CODE, "config": config.model_dump(), "content_policy_rules": rules_file,
-              "raw_threads": raw.data_version}
+    # `workers` changes how fast, not what: left out of the fingerprint (the outputs are byte-identical).
+    inputs = {"code": DATA_STAGES_CODE, "config": config.model_dump(exclude={"workers"}),
+              "content_policy_rules": rules_file, "raw_threads": raw.data_version}
 
     def build(folder: Path) -> dict:
         m = run_filtered(raw.path / "threads.parquet", folder, rules, options, dedup,
-                         policy=partial(check_thread, policy=policy) if policy_config.content_policy else None)
+                         policy=partial(check_thread, policy=policy) if policy_config.content_policy else None,
+                         workers=options.workers)
         reasons = Counter(m["reasons"])
         for leak in m["handle_leaks"]:
             context.log.error(f"forum handle left in kept thread {leak}")
@@ -270,7 +272,7 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
     options = settings_from(config, PromptOptions)
     rewriter, rewriter_inputs = sheet_rewriter(context, config, store)
     template_files = {p: sha256_file(Path(p)) for p in (config.sheet_template, config.system_prompt_template) if p}
-    inputs = {"code": DATA_STAGES_CODE, "config": config.model_dump(), "templates": template_files,
+    inputs = {"code": DATA_STAGES_CODE, "config": config.model_dump(exclude={"workers"}), "templates": template_files,
               "sheet_rewriter": rewriter_inputs,
               "filtered_threads": filtered.data_version, "raw_threads_handles": raw.data_version}
 
@@ -279,7 +281,8 @@ def augmented_prompts(context: dg.AssetExecutionContext, config: PromptConfig,
         system_template = load_system_template(config.system_prompt_template or None)
         m = run_augmented(filtered.path / "threads.parquet", raw.path / "threads.parquet", folder, sheet_template,
                           system_template, options, sheet_rewriter=rewriter,
-                          authors_are_characters=filtered.metadata.get("attribution") == "author")
+                          authors_are_characters=filtered.metadata.get("attribution") == "author",
+                          workers=options.workers)
         for sample_id in m["human_trained_samples"]:
             context.log.error(f"sample {sample_id} trains turns of the character the dump marks as human")
         for leak in m["handle_leaks"]:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ class Attribution:
     text: str    # post text with a recognised name header removed
 
 
+@functools.lru_cache(maxsize=4096)
 def _header_pattern(name: str) -> re.Pattern[str]:
     escaped = re.escape(name)
     return re.compile(

@@ -29,6 +29,7 @@ from typing import Iterable
 from gcrp_assets.lib.clean.attribution import attribute
 from gcrp_assets.lib.clean.markup import to_text, valid_unicode
 from gcrp_assets.lib.clean.ooc import OOC_POLICIES, format_ooc, split_ooc
+from gcrp_assets.lib.clean.parallel import workers_setting
 from gcrp_assets.lib.clean.privacy import HandleScrubber
 
 COUNTERS = ("n_ooc_remarks", "n_ooc_posts", "n_posts_with_ooc", "n_empty_posts", "n_unattributed_posts",
@@ -62,8 +63,11 @@ class CleaningOptions:
                 "header). 'author': the author column is the speaking character (play scripts, transcripts, "
                 "chat logs); authors are then names, not handles.",
         "choices": ATTRIBUTION_MODES})
+    workers: int = workers_setting()
 
     def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = every usable core), got {self.workers}")
         if self.ooc_policy not in OOC_POLICIES:
             raise ValueError(f"unknown OOC policy {self.ooc_policy!r}; choose one of {OOC_POLICIES}")
         if self.narrator_policy not in NARRATOR_POLICIES:

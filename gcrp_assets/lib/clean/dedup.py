@@ -120,20 +120,34 @@ def _word_hash(word: str) -> int:
     return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
 
 
+_WORD_HASHES: dict[str, int] = {}
+
+
+def _word_hashes(words: list[str]) -> dict[str, int]:
+    """A dict holding `_word_hash` of every word of `words` (a plain dict cache, the new words hashed once)."""
+    cache = _WORD_HASHES
+    if len(cache) > 1 << 18:
+        cache.clear()
+    for word in set(words).difference(cache):
+        cache[word] = int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
+    return cache
+
+
 _MULTIPLIER = np.uint64(0x100000001B3)  # FNV-1a 64-bit prime, as a polynomial base
 
 
-def shingle_hashes(normalized: str, n: int) -> np.ndarray:
-    """32-bit hashes of the word shingles of `normalized` (one per shingle, as `word_shingles`).
+def shingle_hashes(normalized: str | list[str], n: int) -> np.ndarray:
+    """32-bit hashes of the word shingles of `normalized` (one per shingle, as `word_shingles`); the text or its
+    list of words.
 
     Words are hashed once each (blake2b, cached); a shingle's hash is a polynomial of its words' hashes
     mod 2^64, computed for all shingles at once with numpy, then its top 32 bits. Deterministic across
     runs and machines (no Python `hash()`), and an order of magnitude faster than SHA-1 per shingle.
     """
-    words = normalized.split()
+    words = normalized.split() if isinstance(normalized, str) else normalized
     if not words:
         return np.zeros(0, np.uint32)
-    ids = np.fromiter((_word_hash(w) for w in words), dtype=np.uint64, count=len(words))
+    ids = np.fromiter(map(_word_hashes(words).__getitem__, words), dtype=np.uint64, count=len(words))
     count = max(1, len(ids) - n + 1)
     width = min(n, len(ids))
     h = np.zeros(count, np.uint64)
@@ -141,10 +155,6 @@ def shingle_hashes(normalized: str, n: int) -> np.ndarray:
         for j in range(width):
             h = h * _MULTIPLIER + ids[j:j + count]
     return (h >> np.uint64(32)).astype(np.uint32)
-
-
-def _identity(value):
-    return value
 
 
 @functools.lru_cache(maxsize=32)
@@ -176,15 +186,20 @@ class Signer:
         self.config = config
         self.bands, self.rows = lsh_params(config.near_duplicate_threshold, config.minhash_permutations)
         self._template = MinHash(num_perm=config.minhash_permutations, seed=MINHASH_SEED)
+        # One MinHash, cleared for each text (building one parses the permutations again). The shingles are
+        # already hashed: `int` (a builtin, cheap per element) passes them through unchanged.
+        self._minhash = MinHash(num_perm=config.minhash_permutations, seed=MINHASH_SEED, hashfunc=int,
+                                permutations=self._template.permutations, scheme=self._template.scheme)
 
     def sign_text(self, text: str) -> Signature:
-        normalized = normalize(text)
-        if not normalized:
+        words = _WORDS.findall(text.casefold())  # `normalize`, kept as words for the shingles
+        if not words:
             return Signature(0, np.zeros(self.config.minhash_permutations, np.uint32), np.zeros(self.bands, np.uint64))
-        exact = exact_hash(normalized) or 1
-        m = MinHash(num_perm=self.config.minhash_permutations, seed=MINHASH_SEED, hashfunc=_identity,
-                    permutations=self._template.permutations, scheme=self._template.scheme)
-        m.update_batch(shingle_hashes(normalized, self.config.shingle_words))
+        exact = exact_hash(" ".join(words)) or 1
+        m = self._minhash
+        m.clear()
+        # Python ints: datasketch hashes a batch element by element, and numpy scalars are slow to iterate.
+        m.update_batch(shingle_hashes(words, self.config.shingle_words).tolist())
         values = np.asarray(m.hashvalues, dtype=np.uint32)
         bands = np.fromiter(
             (int.from_bytes(hashlib.blake2b(values[i * self.rows:(i + 1) * self.rows].tobytes(),
@@ -194,6 +209,23 @@ class Signer:
 
     def sign(self, thread: dict) -> Signature:
         return self.sign_text(thread_text(thread))
+
+
+@dataclass(frozen=True)
+class SignatureArrays:
+    """Many signatures as three arrays (what a worker process sends back: a few numpy buffers, not objects)."""
+    exact: np.ndarray     # uint64[n]
+    minhash: np.ndarray   # uint32[n, num_perm]
+    bands: np.ndarray     # uint64[n, bands]
+
+
+def signatures_array(signatures: Sequence[Signature], signer: Signer) -> SignatureArrays:
+    n, perms = len(signatures), signer.config.minhash_permutations
+    if not n:
+        return SignatureArrays(np.zeros(0, np.uint64), np.zeros((0, perms), np.uint32),
+                               np.zeros((0, signer.bands), np.uint64))
+    return SignatureArrays(np.array([s.exact for s in signatures], np.uint64),
+                           np.stack([s.minhash for s in signatures]), np.stack([s.bands for s in signatures]))
 
 
 class _Rows:
@@ -247,6 +279,18 @@ class SignatureStore:
             self._spill.write(signature.minhash.tobytes())
         else:
             self._minhash.append(signature.minhash)
+
+    def add_signed(self, keys: Sequence[tuple[str, str]], signed: SignatureArrays) -> None:
+        """Threads signed elsewhere (`Signer.sign` + `signatures_array`, e.g. in a worker process), in order:
+        the same as `add` for each of them."""
+        for key, exact, minhash, bands in zip(keys, signed.exact, signed.minhash, signed.bands):
+            self.keys.append((str(key[0]), str(key[1])))
+            self._exact.append(np.array([exact], np.uint64))
+            self._bands.append(bands)
+            if self._spill is not None:
+                self._spill.write(np.ascontiguousarray(minhash, np.uint32).tobytes())
+            else:
+                self._minhash.append(minhash)
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -58,6 +58,15 @@ _BBCODE_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\[hr\]", re.I), "<br>"),
 ]
 
+# For each of `_BBCODE_RULES`: lowercase substrings one of which every match of the rule holds.
+_BBCODE_NEEDLES: list[tuple[str, ...]] = [
+    ("b]", "strong]"), ("i]", "em]"),
+    ("u]", "s]", "center]", "left]", "right]", "indent]", "font", "size", "color"),
+    ("[quote",), ("[/quote]",), ("[spoiler",), ("[/spoiler]",), ("[img",), ("[url=",), ("[url]",), ("[/url]",),
+    ("[list",), ("[/list]",), ("[*]",), ("table]", "tr]", "td]", "th]"), ("code]",), ("[hr]",),
+]
+assert len(_BBCODE_NEEDLES) == len(_BBCODE_RULES)
+
 _DROP_TAGS = {"blockquote", "script", "style", "img", "iframe", "noscript", "head", "title", "video", "audio",
               "source", "object", "embed", "svg", "picture", "template"}
 _BLOCK_TAGS = {"p", "div", "section", "article", "ul", "ol", "table", "pre", "h1", "h2", "h3", "h4", "h5", "h6"}
@@ -68,6 +77,9 @@ _INVISIBLE = re.compile(r"[\u00ad\u200b\u2060\ufeff\ufffd]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
+# The characters of `_SPACES` other than " " and "\t" (`_SPACES.sub(" ", …)` changes only a text with two
+# spaces in a row or one of these).
+_OTHER_SPACES = re.compile(r"[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
 _SERIALIZED_BREAK = re.compile(r"(<br\s*/?>|</?(?:p|div|li|ul|ol|tr|table|blockquote|h[1-6])\b[^>]*>)[ \t]*\n", re.I)
 _IDEOGRAPHIC_SPACE = "\u3000"
 
@@ -76,6 +88,28 @@ _IDEOGRAPHIC_SPACE = "\u3000"
 # (which rewrites CJK compatibility ideographs). All of that is legitimate text and stays as written.
 _FTFY_CONFIG = ftfy.TextFixerConfig(unescape_html="auto", fix_latin_ligatures=False, fix_character_width=False,
                                     uncurl_quotes=False, normalization=None, explain=False)
+
+# When ftfy (with `_FTFY_CONFIG`) can change a text at all. `ftfy.fix_text` fixes a text line by line, each line
+# in rounds until it is stable; a first round that changes nothing returns the line as it is. A round changes a
+# line only through: HTML entities (`&`), a mojibake repair (only tried when `ftfy.badness.is_bad(line)`),
+# C1 controls, line-break characters, surrogates, terminal escapes and ftfy's control characters (all in
+# `_FTFY_CHARS`). So a text with none of those characters and no "bad" line comes out of ftfy unchanged, and
+# ftfy (the slowest step of cleaning) is skipped for it. Checking the whole text at once is the same as checking
+# each line: the badness pattern has no look-around, and `^` is matched at every line start (MULTILINE); a text
+# longer than ftfy's segment length (where it also cuts lines) always goes through ftfy.
+_FTFY_CHARS = re.compile("[&\r\x85\u2028\u2029\x80-\x9f\ud800-\udfff"
+                         + "".join(re.escape(chr(c)) for c in sorted(ftfy.chardata.CONTROL_CHARS)) + "]")
+_FTFY_BAD_LINE = re.compile(ftfy.badness.BADNESS_RE.pattern, ftfy.badness.BADNESS_RE.flags | re.M)
+# The badness pattern is slow (dozens of alternatives tried at every position), but each of its alternatives
+# needs at least one character of its classes and literals other than the punctuation of ordinary English
+# text (curly quotes, dashes, ellipsis, no-break space), which alone never makes a line bad
+# (`test_markup.py` checks this on random text). A text without such a character skips the pattern.
+_PLAIN_PUNCTUATION = "\u2019\u2018\u201c\u201d\u2026\u2013\u2014\u2015\xa0\xad\xb7\xb4"
+_MOJIBAKE_CHARS = re.compile("[" + "".join(
+    body.translate({ord(c): None for c in _PLAIN_PUNCTUATION})
+    for body in ftfy.badness.MOJIBAKE_CATEGORIES.values()) + "".join(
+    re.escape(c) for c in sorted(set(ftfy.badness.BADNESS_RE.pattern))
+    if not c.isascii() and c not in _PLAIN_PUNCTUATION) + "]")
 
 # LLM reasoning: `<think>…</think>` / `<thinking>…</thinking>`, any case, spaces inside the brackets allowed.
 _REASONING_BLOCK = re.compile(r"<\s*(think(?:ing)?)\s*>.*?<\s*/\s*\1\s*>", re.I | re.S)
@@ -97,6 +131,7 @@ _ATTRIBUTE_DEBRIS = re.compile(r"[ \t]*\b(?:class|style|data-[\w-]+)=(?:\"[^\"\n
 _BOLD_SPAN = re.compile(r"\*\*(?=[^\s*])[^*\n]+?(?<=[^\s*])\*\*")
 _ITALIC_SPAN = re.compile(r"(?<!\*)\*(?=[^\s*])[^*\n]+?(?<=[^\s*])\*(?!\*)")
 _PUNCT_RUN = re.compile(r"([.!?*\-])\1{3,}")
+_PUNCT_RUNS = ("....", "!!!!", "????", "****", "----")  # one of them is in every `_PUNCT_RUN` match
 _GLUED_SENTENCE = re.compile(r"[.!?]+(?=[A-Z][a-z])")
 _LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
 
@@ -106,8 +141,20 @@ def looks_like_markup(text: str) -> bool:
 
 
 def bbcode_to_html(text: str) -> str:
-    for pattern, replacement in _BBCODE_RULES:
-        text = pattern.sub(replacement, text)
+    # Every rule's match starts with `[`, and no rule writes one: a text without `[` is left as it is.
+    if "[" not in text:
+        return text
+    if not text.isascii():  # `re.I` equates a few non-ASCII letters with ASCII ones (`ſ`, `K`): no gates
+        for pattern, replacement in _BBCODE_RULES:
+            text = pattern.sub(replacement, text)
+        return text
+    low = text.lower()
+    for (pattern, replacement), needles in zip(_BBCODE_RULES, _BBCODE_NEEDLES):
+        # A rule can only match a text holding one of its needles (the text as it is now, lowercased).
+        if any(needle in low for needle in needles):
+            changed = pattern.sub(replacement, text)
+            if changed is not text:
+                text, low = changed, changed.lower()
     return text
 
 
@@ -129,7 +176,7 @@ def _render(node: LexborNode) -> str:
         return ""
     if tag in ("br", "hr"):
         return "\n"
-    inner = "".join(_render(child) for child in node.iter(include_text=True))
+    inner = "".join([_render(child) for child in node.iter(include_text=True)])
     if tag in _BOLD:
         return _wrap("**", inner)
     if tag in _ITALIC:
@@ -164,11 +211,40 @@ def fix_encoding(text: str) -> str:
     `「こんにちは！」`, `“curly” ‘quotes’`, `Ｆｕｌｌ　ｗｉｄｔｈ`, `ß`, `ﬁ` (see `_FTFY_CONFIG`).
 
     ftfy only changes non-ASCII text or text with entities; plain ASCII text only loses its
-    control characters, so ftfy (the slowest step of cleaning) is skipped for it.
+    control characters, so ftfy (the slowest step of cleaning) is skipped for it, and for any text it
+    would return unchanged (`may_need_ftfy`).
     """
-    if text.isascii() and "&" not in text:
+    if text.isascii() and "&" not in text or not may_need_ftfy(text):
         return _CONTROL.sub("", text)
-    return _CONTROL.sub("", ftfy.fix_text(text, _FTFY_CONFIG))
+    return _CONTROL.sub("", _fix_text(text))
+
+
+def _fix_text(text: str) -> str:
+    """`ftfy.fix_text(text, _FTFY_CONFIG)`: the same loop over the same segments (lines, cut at ftfy's segment
+    length; HTML unescaping off from the first segment holding `<` on), but a segment that ftfy would return
+    unchanged (`may_need_ftfy`) is not handed to it."""
+    config = _FTFY_CONFIG
+    limit = config.max_decode_length
+    out = []
+    pos = 0
+    while pos < len(text):
+        textbreak = text.find("\n", pos) + 1
+        if textbreak == 0:
+            textbreak = len(text)
+        if (textbreak - pos) > limit:
+            textbreak = pos + limit
+        segment = text[pos:textbreak]
+        if config.unescape_html == "auto" and "<" in segment:
+            config = config._replace(unescape_html=False)
+        out.append(ftfy.fix_and_explain(segment, config)[0] if may_need_ftfy(segment) else segment)
+        pos = textbreak
+    return "".join(out)
+
+
+def may_need_ftfy(text: str) -> bool:
+    """False only when `ftfy.fix_text(text, _FTFY_CONFIG)` is certain to return `text` unchanged."""
+    return (len(text) > _FTFY_CONFIG.max_decode_length or _FTFY_CHARS.search(text) is not None
+            or _MOJIBAKE_CHARS.search(text) is not None and _FTFY_BAD_LINE.search(text) is not None)
 
 
 def strip_reasoning(text: str) -> tuple[str, int]:
@@ -241,41 +317,47 @@ def _one_space(m: re.Match[str]) -> str:
 
 def normalize_whitespace(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    ideographic = False
+    ideographic = other = False
     if not text.isascii():
         text = _INVISIBLE.sub("", text)
         ideographic = _IDEOGRAPHIC_SPACE in text
-    spaced = _SPACES.sub(_one_space, text) if ideographic else _SPACES.sub(" ", text)
-    lines = [line.strip() for line in spaced.split("\n")]
-    return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
+        other = ideographic or _OTHER_SPACES.search(text) is not None
+    if ideographic:
+        spaced = _SPACES.sub(_one_space, text)
+    elif other or "  " in text or "\t" in text:
+        spaced = _SPACES.sub(" ", text)
+    else:
+        spaced = text
+    joined = "\n".join([line.strip() for line in spaced.split("\n")])
+    return (_MANY_NEWLINES.sub("\n\n", joined) if "\n\n\n" in joined else joined).strip()
 
 
 def _unglue(pattern: re.Pattern[str], text: str) -> str:
-    out: list[str] = []
-    last = 0
-    for match in pattern.finditer(text):
+    n = len(text)
+
+    def spaced(match: re.Match[str]) -> str:
         start, end = match.span()
-        out.append(text[last:start])
-        if start > 0 and _spaced_letter(text[start - 1]):
-            out.append(" ")
-        out.append(match.group(0))
-        if end < len(text) and _spaced_letter(text[end]):
-            out.append(" ")
-        last = end
-    out.append(text[last:])
-    return "".join(out)
+        before = " " if start > 0 and _spaced_letter(text[start - 1]) else ""
+        after = " " if end < n and _spaced_letter(text[end]) else ""
+        return f"{before}{match.group(0)}{after}" if before or after else match.group(0)
+
+    return pattern.sub(spaced, text)
 
 
 def fix_glued_emphasis(text: str) -> str:
     """A space between a word and emphasis glued to it: `**Run**now` -> `**Run** now`."""
     if "*" not in text:
         return text
-    return _unglue(_ITALIC_SPAN, _unglue(_BOLD_SPAN, text))
+    if "**" in text:  # every `_BOLD_SPAN` match holds one
+        text = _unglue(_BOLD_SPAN, text)
+    return _unglue(_ITALIC_SPAN, text)
 
 
 def cap_punctuation_runs(text: str, limit: int = 3) -> str:
     """`Noooo!!!!!!` -> `Noooo!!!`, `......` -> `...`; runs of `.!?*-` keep at most `limit` marks."""
-    return _PUNCT_RUN.sub(lambda m: m.group(1) * limit, text) if limit >= 1 else text
+    if limit < 1 or not any(run in text for run in _PUNCT_RUNS):
+        return text
+    return _PUNCT_RUN.sub(lambda m: m.group(1) * limit, text)
 
 
 def fix_sentence_spacing(text: str) -> str:
@@ -311,7 +393,7 @@ def to_text(raw: str | None, counts: dict[str, int] | None = None) -> str:
         html = _SERIALIZED_BREAK.sub(r"\1", bbcode_to_html(text).replace("\r\n", "\n")).replace("\n", "<br>")
         tree = LexborHTMLParser(f"<div>{html}</div>")
         root = tree.body
-        text = "".join(_render(child) for child in root.iter(include_text=True)) if root else ""
+        text = "".join([_render(child) for child in root.iter(include_text=True)]) if root else ""
     text = fix_encoding(text)
     # Escaped tags (`&lt;think&gt;` in HTML) only appear now.
     text, n_escaped = strip_reasoning(text)

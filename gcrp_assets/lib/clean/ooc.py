@@ -70,13 +70,27 @@ def split_ooc(text: str) -> OocSplit:
             return match.group(0)
         return take_line(match)
 
-    cleaned = _INLINE.sub(take, text)
-    cleaned = _LINE.sub(take_line, cleaned)
-    cleaned = _TAIL.sub(take, cleaned)
-    cleaned = _TAG_LINE.sub(take_tag, cleaned)
-    cleaned = _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", cleaned))
+    # Each pattern runs only where its literal part occurs (`OOC` in any case: `re.I` folds `o` and `c` to
+    # nothing else): most posts have no OOC at all, and every pass scans the whole post.
+    folded = text.lower()
+    says_ooc = "ooc" in folded or "o.o.c" in folded
+    cleaned = _INLINE.sub(take, text) if says_ooc or "((" in text or "[[" in text else text
+    if says_ooc:
+        cleaned = _LINE.sub(take_line, cleaned)
+    if "OOC" in text:
+        cleaned = _TAIL.sub(take, cleaned)
+    if "@" in text:
+        cleaned = _TAG_LINE.sub(take_tag, cleaned)
+    if "  " in cleaned or "\t" in cleaned:
+        cleaned = _SPACES.sub(" ", cleaned)
+    if ("\t" in cleaned or " ," in cleaned or " ." in cleaned or " ;" in cleaned or " :" in cleaned or " !" in cleaned
+            or " ?" in cleaned):
+        cleaned = _SPACE_BEFORE_PUNCT.sub(r"\1", cleaned)
     lines = [line.strip() for line in cleaned.split("\n") if line.strip() != _GONE]
-    cleaned = _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
+    cleaned = "\n".join(lines)
+    if "\n\n\n" in cleaned:
+        cleaned = _MANY_NEWLINES.sub("\n\n", cleaned)
+    cleaned = cleaned.strip()
     return OocSplit(cleaned, [r for r in remarks if r])
 
 

@@ -9,6 +9,8 @@ Reply headers (`RE: …`) at the top of a post and signatures at its end (`-- ha
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 from typing import Iterable
 
@@ -62,8 +64,62 @@ def strip_reply_headers_and_signatures(text: str) -> str:
     return "\n".join(lines[start:end])
 
 
+# ASCII text to its words (maximal runs of `\w` characters), lower-cased, as bytes: one C-level translate and split.
+_ASCII_WORD_BYTES = bytes(c if c < 128 and (chr(c).isalnum() or c == ord("_")) else ord(" ")
+                          for c in range(256)).lower()
+
+
+def _ascii_forms(handle: str) -> str | None:
+    """The handle as an ASCII text would spell it under the scrubber's case-insensitive match, lower-cased; None
+    when no ASCII text can match it. A non-ASCII character matches an ASCII one only through a case equivalence of
+    the regular-expression engine (the Kelvin sign and `k`, dotted `İ` and `i`, long `ſ` and `s`), asked of the
+    engine itself."""
+    out = []
+    for ch in handle:
+        if ch.isascii():
+            out.append(ch.lower())
+            continue
+        same = {a.lower() for a in map(chr, range(128)) if re.fullmatch(re.escape(ch), a, re.I)}
+        if len(same) != 1:
+            return None
+        out.append(same.pop())
+    return "".join(out)
+
+
+@functools.cache
+def _ascii_lookalikes() -> re.Pattern[str]:
+    """The non-ASCII characters that the handle pattern's case-insensitive match equates with an ASCII letter
+    (the Kelvin sign, dotted `İ`, long `ſ`, …), found by asking the regular-expression engine itself over every
+    code point once."""
+    every = "".join(map(chr, itertools.chain(range(0x80, 0xD800), range(0xE000, 0x110000))))
+    found = re.findall("[a-z]", every, re.I)
+    return re.compile("[" + "".join(map(re.escape, found)) + "]" if found else "(?!)")
+
+
+def _key_words(handles: Iterable[str]) -> frozenset[bytes] | None:
+    """One word per handle that an ASCII text must hold as a whole word wherever the handle matches in it.
+
+    The handle pattern only matches after a character that is not a word character or `@` and before one that is
+    not a word character, so each maximal run of word characters inside a handle is a whole word of the text too.
+    None when some handle has no word character (nothing to look for: the pattern always runs)."""
+    keys = set()
+    for handle in handles:
+        form = _ascii_forms(handle.lower())  # the pattern's literal (`_trie_pattern` lower-cases)
+        if form is None:
+            continue  # no ASCII text can hold it
+        words = form.encode("ascii").translate(_ASCII_WORD_BYTES).split()
+        if not words:
+            return None
+        keys.add(max(words, key=len))
+    return frozenset(keys)
+
+
 class HandleScrubber:
-    """Replaces or removes every known handle in a text. Built once per dump."""
+    """Replaces or removes every known handle in a text. Built once per dump.
+
+    The handle pattern (one trie-shaped alternation) is tried at every position of a text, the slow part of
+    cleaning; an ASCII text (most forum posts) first has its words compared with one key word per handle
+    (`_key_words`), a set lookup, and only a text holding one runs the pattern. Same results either way."""
 
     def __init__(self, handles: Iterable[str], protected_names: Iterable[str] = ()):
         protected = {n.casefold() for n in protected_names}
@@ -75,12 +131,32 @@ class HandleScrubber:
             if self.handles else None
         )
         self._canonical = {h.casefold(): h for h in self.handles}
+        self._keys = _key_words(self.handles) if self.handles else None
+        self._ascii_handles = all(h.isascii() for h in self.handles)
+
+    def may_contain_handle(self, text: str) -> bool:
+        """False only when no handle can match in `text` (so the handle pattern need not run).
+
+        A text with other characters (curly quotes, accents) is looked at with those characters as separators,
+        when every handle is ASCII and the text has no character that the pattern's case folding equates with
+        an ASCII letter (`_ascii_lookalikes`): a handle match is then ASCII text between separators."""
+        if self._pattern is None:
+            return False
+        if self._keys is None:
+            return True
+        if text.isascii():
+            view = text.encode("ascii")
+        elif self._ascii_handles and _ascii_lookalikes().search(text) is None:
+            view = text.encode("ascii", "replace")  # every other character becomes `?`, a separator
+        else:
+            return True
+        return not self._keys.isdisjoint(view.translate(_ASCII_WORD_BYTES).split())
 
     def scrub(self, text: str, character_of: dict[str, str] | None = None) -> str:
         text = strip_reply_headers_and_signatures(text)
         if "@" in text:
             text = _EMAIL.sub("", text)
-        if self._pattern is not None:
+        if self.may_contain_handle(text):
             mapping = {k.casefold(): v for k, v in (character_of or {}).items()}
 
             def replace(m: re.Match[str]) -> str:
@@ -93,15 +169,18 @@ class HandleScrubber:
             text = self._pattern.sub(replace, text)
         if "@" in text:
             text = _MENTION.sub("", text)
-        text = _DOUBLE_SPACE.sub(" ", text)
-        text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+        if "  " in text or "\t" in text:
+            text = _DOUBLE_SPACE.sub(" ", text)
+        if ("\t" in text or " ," in text or " ." in text or " ;" in text or " :" in text or " !" in text
+                or " ?" in text):
+            text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
         if ")" in text or "]" in text:
             text = _BEFORE_CLOSING.sub("", text)  # "(brb, @handle)" -> "(brb)"
-        lines = [line.strip() for line in text.split("\n")]
-        return _MANY_NEWLINES.sub("\n\n", "\n".join(lines)).strip()
+        joined = "\n".join([line.strip() for line in text.split("\n")])
+        return (_MANY_NEWLINES.sub("\n\n", joined) if "\n\n\n" in joined else joined).strip()
 
     def find(self, text: str | None) -> list[str]:
         """Handles still present in `text` (used by the privacy asset checks)."""
-        if self._pattern is None or not text:
+        if not text or not self.may_contain_handle(text):
             return []
         return sorted({self._canonical.get(m.group(2).casefold(), m.group(2)) for m in self._pattern.finditer(text)})

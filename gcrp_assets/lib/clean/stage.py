@@ -12,6 +12,7 @@ import heapq
 import json
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 import pyarrow as pa
@@ -21,9 +22,11 @@ import pyarrow.parquet as pq
 from gcrp_assets.lib import schemas
 from gcrp_assets.lib.clean.cleaning import (HANDLE_COLUMNS, CleaningOptions, clean_thread, dump_handles_arrow,
                                             ic_turns)
-from gcrp_assets.lib.clean.dedup import DedupConfig, Duplicate, SignatureStore
+from gcrp_assets.lib.clean.dedup import DedupConfig, Duplicate, SignatureStore, Signer, signatures_array
 from gcrp_assets.lib.clean.filters import FilterRules, raw_rejection_reason, rejection_reason
 from gcrp_assets.lib.parquet import BATCH_ROWS, RowWriter, iter_rows
+from gcrp_assets.lib.clean.parallel import (ArrowBatchWriter, batch_count, can_send, numbered_batches, ordered_map,
+                                            read_part, worker_count, write_part)
 from gcrp_assets.lib.clean.privacy import HandleScrubber
 from gcrp_assets.lib.tables import clip
 from gcrp_assets.lib.tables import LISTED_REJECTS
@@ -81,80 +84,144 @@ def _raw_rows_of(raw_path: Path, thread_ids: set[str]) -> Iterator[dict]:
             yield from raw.read_row_group(group).filter(mask).to_pylist()
 
 
+# The facts pass 3 needs about a candidate (the kept-threads summary), computed by the worker that cleaned it and
+# carried in the candidates work file next to the thread.
+_FACTS = [pa.field("_ic_turns", pa.int64()), pa.field("_ooc_turns", pa.int64()), pa.field("_n_characters", pa.int64()),
+          pa.field("_has_human", pa.bool_()), pa.field("_handle_leak", pa.bool_()),
+          pa.field("_preview_character", pa.string()), pa.field("_preview_text", pa.string())]
+_CANDIDATE_PART = pa.schema([*_CANDIDATE_SCHEMA, *_FACTS])
+_SEEN = ("posts", "n_unattributed_posts", "n_narrator_posts", "n_reasoning_blocks")
+
+
+@dataclass
+class _FilterBatch:
+    """Pass 2 for one batch of raw threads (in a worker process or in this one): each thread checked, cleaned,
+    checked by the content policy and filtered; the rejects and the candidates go to work files named by the
+    batch's first row, the candidates' dedup signatures and the counts come back."""
+    scrubber: HandleScrubber
+    rules: FilterRules
+    options: CleaningOptions
+    policy: Callable[[dict], object | None] | None
+    signer: Signer | None
+    work: Path
+
+    def __call__(self, item: tuple[int, pa.RecordBatch]) -> dict:
+        first, batch = item
+        reasons: Counter[str] = Counter()
+        seen: Counter[str] = Counter()
+        rejects, candidates, keys, signatures = [], [], [], []
+        for seq, thread in enumerate(batch.to_pylist(), start=first):
+            seen["posts"] += len(thread["posts"])
+            verdict = raw_rejection_reason(thread, self.rules)
+            evidence = None
+            if not verdict:
+                cleaned = clean_thread(thread, self.scrubber, self.options)
+                for counter in _SEEN[1:]:
+                    seen[counter] += cleaned[counter]
+                # The content policy first, so that a thread it catches is recorded as such even when another
+                # filter would also drop it.
+                violation = self.policy(cleaned) if self.policy is not None else None
+                if violation is not None:
+                    verdict, evidence = (violation.reason, violation.detail), violation.evidence
+                else:
+                    verdict = rejection_reason(cleaned, self.rules)
+            if verdict:
+                reasons[verdict[0]] += 1
+                rejects.append({**filter_reject(thread, *verdict, evidence=evidence), "seq": seq})
+                continue
+            if self.signer is not None:
+                keys.append((str(thread["dump"]), str(thread["thread_id"])))
+                signatures.append(self.signer.sign(cleaned))
+            candidates.append({**cleaned, "seq": seq, **_facts(cleaned, self.scrubber)})
+        name = f"{first:012d}.arrow"
+        return {"threads": batch.num_rows, "reasons": reasons, "seen": seen, "keys": keys,
+                "signatures": signatures_array(signatures, self.signer) if self.signer is not None else None,
+                "rejects": write_part(self.work / f"rejects-{name}", rejects, _SEQ_REJECTS),
+                "candidates": write_part(self.work / f"candidates-{name}", candidates, _CANDIDATE_PART)}
+
+
+def _facts(thread: dict, scrubber: HandleScrubber) -> dict:
+    ic = ic_turns(thread)
+    texts = [turn["text"] for turn in thread["turns"]] + [c["sheet"] or "" for c in thread["characters"]]
+    texts.append(thread["title"] or "")
+    return {"_ic_turns": len(ic), "_ooc_turns": len(thread["turns"]) - len(ic),
+            "_n_characters": len(thread["characters"]), "_has_human": bool(thread.get("human")),
+            # one scan; the newline keeps every text's word boundaries
+            "_handle_leak": bool(scrubber.find("\n".join(texts))),
+            "_preview_character": ic[0]["character"] if ic else None,
+            "_preview_text": clip(ic[0]["text"], 140) if ic else None}
+
+
 def run_filtered(raw_path: Path, folder: Path, rules: FilterRules = FilterRules(),
                  options: CleaningOptions = CleaningOptions(), dedup: DedupConfig = DedupConfig(),
-                 batch: int = BATCH_ROWS, policy: Callable[[dict], object | None] | None = None) -> dict:
+                 batch: int = BATCH_ROWS, policy: Callable[[dict], object | None] | None = None,
+                 workers: int = 1) -> dict:
     """raw_threads' `threads.parquet` -> kept `threads.parquet` (FILTERED_THREADS) + `rejects.parquet` in `folder`.
 
-    Passes: (1) the dump's handles (scrubber); (2) each raw thread checked for what needs no cleaning
-    (`raw_rejection_reason`), cleaned (`clean_thread`), checked by the content policy when `policy` is given
-    (a callable returning None or an object with `reason`, `detail` and `evidence`, e.g.
-    `content_policy.check_thread` bound to a loaded policy), then filtered (`rejection_reason`): a reject is written at once, a candidate goes to a temporary Parquet file and its dedup
-    signature to a `SignatureStore` (MinHash rows spilled to disk); then `resolve` names the exact and near
-    duplicates (earliest thread_id kept); (3) the candidates that are no duplicate are written, counted and
-    checked for handle leaks; the duplicates' raw threads are read back (only the row groups holding them)
-    as rejects. The rejects file is the filter rejects and the duplicate rejects merged in dump order.
+    Passes: (1) the dump's handles (scrubber); (2) each batch of `batch` raw threads, in `workers` processes
+    (`parallel.ordered_map`; 0 = every usable core, 1 = this process): each thread checked for what needs no
+    cleaning (`raw_rejection_reason`), cleaned (`clean_thread`), checked by the content policy when `policy` is
+    given (a picklable callable returning None or an object with `reason`, `detail` and `evidence`, e.g.
+    `content_policy.check_thread` bound to a loaded policy), then filtered (`rejection_reason`); rejects and
+    candidates go to work files, the candidates' dedup signatures (MinHash computed in the worker) come back and
+    are added to a `SignatureStore` in dump order (MinHash rows spilled to disk); then `resolve` names the exact
+    and near duplicates (earliest thread_id kept), in this process, over the whole dump; (3) the candidates that
+    are no duplicate are written, counted and checked for handle leaks (facts the workers computed); the
+    duplicates' raw threads are read back (only the row groups holding them) as rejects. The rejects file is the
+    filter rejects and the duplicate rejects merged in dump order. Results are merged in batch order, so the
+    outputs and counts are byte-identical for any `workers`.
     """
     scrubber = raw_scrubber(raw_path, batch, options.authors_are_characters)
     sign = dedup.dedup_exact or dedup.dedup_near
     reasons: Counter[str] = Counter()
     seen: Counter[str] = Counter()  # over every thread read, kept or not
     n_in = 0
-    kept = RowWriter(folder / "threads.parquet", schemas.FILTERED_THREADS, batch)
+    kept = ArrowBatchWriter(folder / "threads.parquet", schemas.FILTERED_THREADS, batch)
     rejects = RowWriter(folder / "rejects.parquet", schemas.REJECTS, batch)
     with tempfile.TemporaryDirectory(prefix=".work-", dir=folder) as work_dir:
         work = Path(work_dir)
         store = SignatureStore(dedup, spill_dir=work) if sign else None
+        job = _FilterBatch(scrubber, rules, options, policy, store.signer if store is not None else None, work)
+        processes = worker_count(workers, batch_count(raw_path, batch)) if can_send(job) else 1
+        parts: list[tuple[Path | None, Path | None]] = []
         try:
-            with RowWriter(work / "filter_rejects.parquet", _SEQ_REJECTS, batch) as filter_rejects, \
-                    RowWriter(work / "candidates.parquet", _CANDIDATE_SCHEMA, batch) as candidates:
-                for seq, thread in enumerate(iter_rows(raw_path, batch=batch)):  # pass 2
-                    n_in += 1
-                    seen["posts"] += len(thread["posts"])
-                    verdict = raw_rejection_reason(thread, rules)
-                    evidence = None
-                    if not verdict:
-                        cleaned = clean_thread(thread, scrubber, options)
-                        for counter in ("n_unattributed_posts", "n_narrator_posts", "n_reasoning_blocks"):
-                            seen[counter] += cleaned[counter]
-                        # The content policy first, so that a thread it catches is recorded as such even
-                        # when another filter would also drop it.
-                        violation = policy(cleaned) if policy is not None else None
-                        if violation is not None:
-                            verdict, evidence = (violation.reason, violation.detail), violation.evidence
-                        else:
-                            verdict = rejection_reason(cleaned, rules)
-                    if verdict:
-                        reasons[verdict[0]] += 1
-                        filter_rejects.add({**filter_reject(thread, *verdict, evidence=evidence), "seq": seq})
-                        continue
-                    if store is not None:
-                        store.add(thread["dump"], thread["thread_id"], cleaned)
-                    candidates.add({**cleaned, "seq": seq})
-            duplicates: dict[str, Duplicate] = {d.thread_id: d for d in store.resolve()} if store else {}
+            for result in ordered_map(job, numbered_batches(raw_path, batch), processes):  # pass 2
+                n_in += result["threads"]
+                reasons.update(result["reasons"])
+                seen.update(result["seen"])
+                if store is not None:
+                    store.add_signed(result["keys"], result["signatures"])
+                parts.append((result["rejects"], result["candidates"]))
+            duplicates: dict[str, Duplicate] = {d.thread_id: d for d in store.resolve()} if store is not None else {}
         finally:
             if store is not None:
                 store.close()
 
-        summary = _KeptSummary(scrubber)
+        summary = _KeptSummary()
         dup_seq: dict[str, int] = {}
+        duplicate_ids = pa.array(sorted(duplicates), pa.string())
         try:
-            for row in iter_rows(work / "candidates.parquet", batch=batch):  # pass 3
-                seq = row.pop("seq")
-                duplicate = duplicates.get(row["thread_id"])
-                if duplicate is not None:
-                    dup_seq[row["thread_id"]] = seq
-                    reasons[duplicate.reason] += 1
+            for _, candidates in parts:  # pass 3
+                if candidates is None:
                     continue
-                kept.add(row)
-                summary.add(row)
+                table = read_part(candidates)
+                is_duplicate = pc.is_in(table.column("thread_id"), value_set=duplicate_ids)
+                if duplicates and pc.any(is_duplicate).as_py():
+                    dropped = table.filter(is_duplicate).select(["thread_id", "seq"]).to_pylist()
+                    for row in dropped:
+                        dup_seq[row["thread_id"]] = row["seq"]
+                        reasons[duplicates[row["thread_id"]].reason] += 1
+                    table = table.filter(pc.invert(is_duplicate))
+                kept.write(table)
+                summary.add(table)
             with RowWriter(work / "duplicate_rejects.parquet", _SEQ_REJECTS, batch) as dup_rejects:
                 for thread in _raw_rows_of(raw_path, set(dup_seq)):
                     duplicate = duplicates[thread["thread_id"]]
                     dup_rejects.add({**filter_reject(thread, duplicate.reason, duplicate.detail),
                                      "seq": dup_seq[thread["thread_id"]]})
-            merged = heapq.merge(iter_rows(work / "filter_rejects.parquet", batch=batch),
-                                 iter_rows(work / "duplicate_rejects.parquet", batch=batch), key=lambda r: r["seq"])
+            filter_rejects = (row for path, _ in parts if path is not None for row in read_part(path).to_pylist())
+            merged = heapq.merge(filter_rejects, iter_rows(work / "duplicate_rejects.parquet", batch=batch),
+                                 key=lambda r: r["seq"])
             rejects.extend({k: v for k, v in row.items() if k != "seq"} for row in merged)
         except BaseException:
             kept.abort()
@@ -168,32 +235,33 @@ def run_filtered(raw_path: Path, folder: Path, rules: FilterRules = FilterRules(
 
 
 class _KeptSummary:
-    """Counts over the kept threads, a preview of the first ones, and handle leaks, one thread at a time."""
+    """Counts over the kept threads, a preview of the first ones, and handle leaks, from the candidates' facts
+    (`_facts`), one table of kept threads at a time."""
 
-    def __init__(self, scrubber: HandleScrubber):
-        self.scrubber = scrubber
+    def __init__(self):
         self.totals: Counter[str] = Counter()
         self.characters: Counter[int] = Counter()
         self.leaks: list[str] = []
         self.preview: list[tuple] = []
 
-    def add(self, thread: dict) -> None:
-        ic = ic_turns(thread)
-        t = self.totals
-        t["turns"] += len(ic)
-        t["ooc_turns"] += len(thread["turns"]) - len(ic)
-        t["unattributed_posts"] += thread["n_unattributed_posts"]
-        t["ooc_remarks_removed"] += thread["n_ooc_remarks"]
-        t["posts_with_ooc"] += thread["n_posts_with_ooc"]
-        t["empty_posts"] += thread["n_empty_posts"]
-        self.characters[len(thread["characters"])] += 1
-        t["threads_with_marked_human"] += bool(thread.get("human"))
-        texts = [turn["text"] for turn in thread["turns"]] + [c["sheet"] or "" for c in thread["characters"]]
-        texts.append(thread["title"] or "")
-        if self.scrubber.find("\n".join(texts)):  # one scan; the newline keeps every text's word boundaries
-            self.leaks.append(f"{thread['dump']}/{thread['thread_id']}")
-        if len(self.preview) < 8 and ic:
-            self.preview.append((thread["thread_id"], ic[0]["character"], clip(ic[0]["text"], 140)))
+    def add(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        columns = {"turns": "_ic_turns", "ooc_turns": "_ooc_turns", "unattributed_posts": "n_unattributed_posts",
+                   "ooc_remarks_removed": "n_ooc_remarks", "posts_with_ooc": "n_posts_with_ooc",
+                   "empty_posts": "n_empty_posts", "threads_with_marked_human": "_has_human"}
+        for total, column in columns.items():
+            values = table.column(column)
+            if pa.types.is_boolean(values.type):
+                values = pc.cast(values, pa.int64())
+            self.totals[total] += pc.sum(values).as_py() or 0
+        self.characters.update(table.column("_n_characters").to_pylist())
+        leaking = table.filter(table.column("_handle_leak")).select(["dump", "thread_id"]).to_pylist()
+        self.leaks += [f"{row['dump']}/{row['thread_id']}" for row in leaking]
+        if len(self.preview) < 8:
+            head = table.filter(pc.is_valid(table.column("_preview_text"))).slice(0, 8 - len(self.preview))
+            self.preview += [(r["thread_id"], r["_preview_character"], r["_preview_text"])
+                             for r in head.select(["thread_id", "_preview_character", "_preview_text"]).to_pylist()]
 
     def stats(self) -> dict:
         keys = ("turns", "ooc_turns", "unattributed_posts", "ooc_remarks_removed", "posts_with_ooc", "empty_posts",

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import jinja2
 
+from gcrp_assets.lib.clean.parallel import workers_setting
 from gcrp_assets.lib.hashing import short, sha256_text
 from gcrp_assets.lib.prompts.sheets import SheetRewriter, SheetTemplate, normalize_sheet
 
@@ -59,8 +60,11 @@ class PromptOptions:
         "help": "Speaker names on turns: 'real' (character names) or 'placeholder' ('{user}', '{char1}', ... with "
                 "the roster 'Name # {char1}' in the system prompt; the mapping is the name_map column).",
         "choices": NAME_MODES})
+    workers: int = workers_setting()
 
     def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = every usable core), got {self.workers}")
         if self.user_character not in USER_CHARACTER_STRATEGIES:
             raise ValueError(f"unknown user-character strategy {self.user_character!r}; "
                              f"choose one of {USER_CHARACTER_STRATEGIES}")
@@ -70,12 +74,27 @@ class PromptOptions:
             raise ValueError("max_variants must be >= 0 (0 = every character)")
 
 
-def load_system_template(path: str | Path | None = None) -> jinja2.Template:
+class SystemTemplate:
+    """The system prompt's Jinja template; it pickles as its source, so that worker processes
+    (`run_augmented` with `workers` > 1) compile the same template again."""
+
+    def __init__(self, source: str):
+        self.source = source
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
+                                 trim_blocks=False, autoescape=False)
+        self._template = env.from_string(source)
+
+    def render(self, *args, **kwargs) -> str:
+        return self._template.render(*args, **kwargs)
+
+    def __reduce__(self):
+        return SystemTemplate, (self.source,)
+
+
+def load_system_template(path: str | Path | None = None) -> SystemTemplate:
     source = (Path(path).read_text("utf-8") if path
               else resources.files("gcrp_assets.templates").joinpath("system_prompt.jinja").read_text("utf-8"))
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
-                             trim_blocks=False, autoescape=False)
-    return env.from_string(source)
+    return SystemTemplate(source)
 
 
 def thread_key(dump: str, thread_id: str) -> str:
@@ -137,7 +156,7 @@ def placeholders(user_name: str, speakers: list[str]) -> dict[str, str]:
     return out
 
 
-def build_samples(thread: dict, sheet_template: SheetTemplate, system_template: jinja2.Template,
+def build_samples(thread: dict, sheet_template: SheetTemplate, system_template: SystemTemplate | jinja2.Template,
                   strategy: str = "starter", *, options: PromptOptions | None = None,
                   sheet_rewriter: SheetRewriter = normalize_sheet) -> list[dict]:
     """One sample per chosen user character. `options` (when given) overrides `strategy`."""

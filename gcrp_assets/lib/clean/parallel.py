@@ -1,0 +1,183 @@
+"""Process-parallel batches for the per-dump data stages, with outputs that do not depend on the worker count.
+
+A stage reads its input Parquet file `batch` rows at a time (`numbered_batches`) and hands each batch to a job: a
+picklable callable that turns one batch into one result. `ordered_map` runs the job in this process
+(`workers` <= 1) or in a pool of spawned worker processes, and yields the results in input order either way, so a
+stage that merges them in that order writes the same bytes whatever the number of workers. At most
+`2 × workers` batches are in flight, so memory is bounded by the batch size, not by the dump.
+
+Workers are spawned, not forked: the caller may hold threads (Dagster's run worker, Arrow's thread pools), and a
+fork copies their locks. A spawned worker imports only what the job's module imports (no Dagster) and receives
+the job once, when it starts.
+
+`ArrowBatchWriter` writes Arrow tables to one Parquet file in record batches of exactly `batch` rows with the
+fixed writer options of `lib.parquet.RowWriter`, so a table written here and the same rows added one at a time to
+a `RowWriter` give the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gcrp_assets.lib.parquet import WRITER_OPTIONS
+
+# `workers = 0` (the settings' default) means every usable core, up to this many: past it the parent, which merges
+# the results and writes the outputs alone, becomes the bottleneck.
+MAX_AUTO_WORKERS = 8
+
+
+def workers_setting():
+    """The `workers` setting of `CleaningOptions` (filtered_threads) and `PromptOptions` (augmented_prompts): one
+    help text. It is left out of the stages' fingerprints: the outputs do not depend on it."""
+    return field(default=0, metadata={
+        "help": f"Worker processes for this stage's batches: 0 = every usable core (at most {MAX_AUTO_WORKERS}), "
+                "1 = none (in the run's own process). The output is byte-identical for any value; a dump of one "
+                "batch runs in the run's process."})
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset), else the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_count(workers: int, n_batches: int) -> int:
+    """How many processes to use: `workers` (0 = every usable core, at most `MAX_AUTO_WORKERS`), never more than
+    there are batches. 1 means: in this process, no pool."""
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0 = every usable core), got {workers}")
+    wanted = workers or min(usable_cores(), MAX_AUTO_WORKERS)
+    return max(1, min(wanted, n_batches))
+
+
+def batch_count(path: Path, batch: int) -> int:
+    rows = pq.ParquetFile(path).metadata.num_rows
+    return -(-rows // max(1, batch))
+
+
+def numbered_batches(path: Path, batch: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(position of the batch's first row in the file, record batch of up to `batch` rows), in file order."""
+    first = 0
+    for part in pq.ParquetFile(path).iter_batches(batch_size=max(1, batch)):
+        yield first, part
+        first += part.num_rows
+
+
+def can_send(job: Any) -> bool:
+    """Whether `job` can go to a worker process (a lambda or a loaded model cannot: the stage then runs here)."""
+    try:
+        pickle.dumps(job)
+    except Exception:  # noqa: BLE001 - pickling may raise anything from a custom __reduce__
+        return False
+    return True
+
+
+_JOB: Callable | None = None
+
+
+def _start_worker(job: Callable) -> None:
+    global _JOB
+    _JOB = job
+
+
+def _run_in_worker(item: Any) -> Any:
+    assert _JOB is not None, "worker started without a job"
+    return _JOB(item)
+
+
+def ordered_map(job: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+    """`job(item)` for each item, in order; in `workers` spawned processes when `workers` > 1 (see the module)."""
+    if workers <= 1:
+        for item in items:
+            yield job(item)
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_start_worker,
+                               initargs=(job,))
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(_run_in_worker, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Work files between a worker and the parent: Arrow IPC, uncompressed (written once, read once, deleted)
+# ---------------------------------------------------------------------------------------------------
+def write_part(path: Path, rows: list[dict], schema: pa.Schema) -> Path | None:
+    if not rows:
+        return None
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        writer.write_table(table)
+    return path
+
+
+def read_part(path: Path) -> pa.Table:
+    with pa.OSFile(str(path), "rb") as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+class ArrowBatchWriter:
+    """Arrow tables appended in any sizes, written as record batches of exactly `batch` rows (the last one
+    shorter) with `RowWriter`'s options: the same rows give the same bytes as `RowWriter` with the same `batch`.
+    Atomic: written to `<name>.tmp`, renamed by `close()`; `abort()` removes it."""
+
+    def __init__(self, path: Path, schema: pa.Schema, batch: int):
+        self.path, self.schema, self.batch = Path(path), schema, max(1, int(batch))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema, **WRITER_OPTIONS)
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self.n = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._pending.append(table.select(self.schema.names).cast(self.schema))
+            self._pending_rows += table.num_rows
+        while self._pending_rows >= self.batch:
+            self._flush(self.batch)
+
+    def _flush(self, rows: int) -> None:
+        table = pa.concat_tables(self._pending)
+        head, rest = table.slice(0, rows), table.slice(rows)
+        record_batch = pa.RecordBatch.from_arrays(
+            [column.combine_chunks() for column in head.columns], schema=self.schema)
+        self._writer.write_batch(record_batch, row_group_size=self.batch)
+        self.n += rows
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+
+    def close(self) -> int:
+        if self._writer is not None:
+            if self._pending_rows:
+                self._flush(self._pending_rows)
+            self._writer.close()
+            self._writer = None
+            os.replace(self._tmp, self.path)
+        return self.n
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,137 @@
+"""Data stages in worker processes (issue 17): the same bytes for any worker count, bounded work in flight, and the
+hot-spot shortcuts (ftfy only where it can change the text, the handle pre-check, signatures signed elsewhere) giving
+exactly what the slow path gives."""
+
+from __future__ import annotations
+
+import json
+import random
+from functools import partial
+from pathlib import Path
+
+import ftfy
+import pyarrow as pa
+import pytest
+
+from benchmarks.corpus import generate_corpus, sample_threads
+from gcrp_assets.lib import schemas
+from gcrp_assets.lib.clean import markup, parallel
+from gcrp_assets.lib.clean.content_policy import check_thread, load_policy
+from gcrp_assets.lib.clean.dedup import DedupConfig, SignatureStore, Signer, signatures_array
+from gcrp_assets.lib.clean.privacy import HandleScrubber
+from gcrp_assets.lib.clean.stage import run_filtered
+from gcrp_assets.lib.ingest.stage import run_raw
+from gcrp_assets.lib.parquet import RowWriter, read_rows
+from gcrp_assets.lib.prompts.samples import PromptOptions, load_system_template
+from gcrp_assets.lib.prompts.sheets import SheetTemplate
+from gcrp_assets.lib.prompts.stage import run_augmented
+
+
+def _stages(raw: Path, out: Path, workers: int) -> tuple[dict, dict]:
+    (out / "filtered").mkdir(parents=True)
+    (out / "augmented").mkdir()
+    filtered = run_filtered(raw, out / "filtered", batch=8, workers=workers,
+                            policy=partial(check_thread, policy=load_policy()))
+    augmented = run_augmented(out / "filtered" / "threads.parquet", raw, out / "augmented", SheetTemplate.load(),
+                              load_system_template(), PromptOptions(user_character="each"), batch=8, workers=workers)
+    return filtered, augmented
+
+
+def test_outputs_byte_identical_for_any_worker_count(tmp_path):
+    """Two worker processes give the bytes and counts of one process: kept threads, rejects (filter rejects and
+    duplicates merged in dump order), samples; with duplicates across batches, so the dedup pass is global."""
+    corpus = tmp_path / "dump.jsonl"
+    generate_corpus(corpus, 120)  # thread k % 100 in (7, 13) copies k - 1; the corpus's HTML, mojibake, handles
+    (tmp_path / "raw").mkdir()
+    run_raw(corpus, tmp_path / "raw", batch=8)
+    raw = tmp_path / "raw" / "threads.parquet"
+    one = _stages(raw, tmp_path / "one", workers=1)
+    two = _stages(raw, tmp_path / "two", workers=2)
+    assert json.dumps(one, sort_keys=True, default=str) == json.dumps(two, sort_keys=True, default=str)
+    for name in ("filtered/threads.parquet", "filtered/rejects.parquet", "augmented/samples.parquet"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    filtered, augmented = one
+    assert filtered["reasons"].get("exact_duplicate") and filtered["threads_kept"] > 16 and augmented["samples"]
+    rejects = read_rows(tmp_path / "two" / "filtered" / "rejects.parquet")
+    assert [r["line"] for r in rejects] == sorted(r["line"] for r in rejects)  # dump order kept
+    assert not list((tmp_path / "two" / "filtered").glob(".work-*"))  # work files removed
+
+
+def test_ordered_map_keeps_order_and_bounds_work_in_flight():
+    pulled = []
+
+    def items():
+        for i in range(40):
+            pulled.append(i)
+            yield -i
+
+    results = parallel.ordered_map(abs, items(), workers=2)
+    assert next(results) == 0
+    assert len(pulled) <= 2 * 2 + 1  # a window of 2 x workers batches, not the whole input
+    assert list(results) == list(range(1, 40))
+
+
+def test_worker_count():
+    assert parallel.worker_count(0, 1000) == min(parallel.usable_cores(), parallel.MAX_AUTO_WORKERS)
+    assert parallel.worker_count(4, 2) == 2 and parallel.worker_count(3, 0) == 1
+    with pytest.raises(ValueError):
+        parallel.worker_count(-1, 5)
+    assert not parallel.can_send(lambda thread: None)  # such a policy keeps the stage in the run's process
+
+
+def test_arrow_batch_writer_writes_row_writer_bytes(tmp_path):
+    rows = [{"dump": "d", "thread_id": f"t{i}", "file": "f", "line": i, "stage": "s", "reason": "r",
+             "detail": "x" * i, "record": "{}", "evidence": None if i % 3 else "[]"} for i in range(23)]
+    with RowWriter(tmp_path / "rows.parquet", schemas.REJECTS, 5) as writer:
+        writer.extend(rows)
+    tables = parallel.ArrowBatchWriter(tmp_path / "tables.parquet", schemas.REJECTS, 5)
+    for start, stop in ((0, 3), (3, 3), (3, 12), (12, 23)):  # uneven pieces, one empty
+        tables.write(pa.Table.from_pylist(rows[start:stop], schema=schemas.REJECTS))
+    assert tables.close() == 23
+    assert (tmp_path / "rows.parquet").read_bytes() == (tmp_path / "tables.parquet").read_bytes()
+
+
+def test_ftfy_runs_wherever_it_could_change_the_text():
+    texts = [markup.valid_unicode(p["text"]) for t in sample_threads() for p in t["posts"]]
+    texts += ["cafÃ©", "â€œhiâ€\x9d", "Tom &amp; Jerry", "a\u2028b", "\x1b[31mred", "x\r\ny", "end.\nÃ  la",
+              "Ã\xa0 la", "вЂ™", "ΒΓΞ", "“curly” ‘quotes’ — fine…", "「こんにちは！」", "naïve"]
+    skipped = [t for t in texts if not markup.may_need_ftfy(t)]
+    assert len(skipped) > len(texts) // 2
+    assert all(ftfy.fix_text(t, markup._FTFY_CONFIG) == t for t in skipped)
+    assert markup.may_need_ftfy("end.\nÃ  la") and markup.fix_encoding("cafÃ©") == "café"
+    # The punctuation of ordinary English text never makes a line bad by itself (why `_MOJIBAKE_CHARS` omits it).
+    rng = random.Random(17)
+    alphabet = markup._PLAIN_PUNCTUATION + "aZ .,!?'\"\t\n0-"
+    for _ in range(3000):
+        line = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        assert not ftfy.badness.is_bad(line), repr(line)
+
+
+def test_handle_precheck_changes_nothing():
+    scrubber = HandleScrubber(["nightowl_77", "midnight.diner", "Kat", "Ballbuster Steve"],
+                              protected_names=["Mira"])
+    precheck_off = HandleScrubber(scrubber.handles)
+    precheck_off._keys = None  # the pattern runs on every text
+    rng = random.Random(3)
+    pieces = ["nightowl_77", "NIGHTOWL_77", "@nightowl_77,", "midnight.diner", "midnight", "\u212aat", "kat:",
+              "ballbuster steve", "“Kat”", "café", "Katherine", "xkat", "@kat", "bob@kat.com", "Mira", "—", "\n",
+              "the", "door", ".", ",", "(brb, @Kat)"]
+    for _ in range(2000):
+        text = " ".join(rng.choice(pieces) for _ in range(rng.randint(1, 10)))
+        assert scrubber.scrub(text, {"Kat": "Mira Vell"}) == precheck_off.scrub(text, {"Kat": "Mira Vell"}), text
+        assert scrubber.find(text) == precheck_off.find(text), text
+    assert not scrubber.may_contain_handle("nothing to see “here”")
+    assert scrubber.may_contain_handle("the \u212aAT said")  # Kelvin sign: the pattern matches it as `k`
+
+
+def test_signatures_signed_elsewhere_resolve_the_same():
+    config = DedupConfig()
+    texts = ["the quick brown fox jumps over the lazy dog " * 3, "the quick brown fox jumps over the lazy dog " * 3,
+             "the quick brown fox leaps over the lazy dog " * 3 + "again", "", "something else entirely here"]
+    direct, signed = SignatureStore(config), SignatureStore(config)
+    signer = Signer(config)
+    keys = [("d", f"t{i}") for i in range(len(texts))]
+    for key, text in zip(keys, texts):
+        direct.add(*key, text=text)
+    signed.add_signed(keys, signatures_array([signer.sign_text(t) for t in texts], signer))
+    assert direct.resolve() == signed.resolve() and direct.resolve()
