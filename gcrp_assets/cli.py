@@ -8,6 +8,11 @@
                                            `ops: {<asset>: {config: ...}}`) for the whole chain
   python -m gcrp_assets.cli register       only register the inbox's dumps as partitions
   python -m gcrp_assets.cli report-path    print where the latest eval report is
+  python -m gcrp_assets.cli export-sillytavern (--dump NAME | --eval-split) --out DIR
+                                           write one dump's samples (augmented_prompts: its filtered threads with
+                                           their uniform sheets) or the eval split (tokenized_parquet's
+                                           eval_samples) as a SillyTavern data folder: a group chat per thread,
+                                           a card per character, the human's persona (lib.export.sillytavern_folder)
 """
 
 import sys
@@ -39,6 +44,45 @@ def report_refused(inbox) -> None:
         pass  # no inbox: register_inbox says so
 
 
+def export_sillytavern(instance: dg.DagsterInstance, dump: str | None, out: Path) -> int:
+    """Export the latest materialized samples of `dump` (augmented_prompts), or of the eval split
+    (tokenized_parquet) when `dump` is None, as a SillyTavern data folder in `out`."""
+    from gcrp_assets.lib.export.sillytavern_folder import export_samples
+    from gcrp_assets.lib.parquet import read_rows
+    from gcrp_assets.orchestration.artifacts import CHECKS_PASSED, latest_materialization
+
+    key, file = ("augmented_prompts", "samples.parquet") if dump else ("tokenized_parquet", "eval_samples.parquet")
+    materialization = latest_materialization(instance, key, dump)
+    if materialization is None:
+        print(f"{key}{f' partition {dump!r}' if dump else ''} has not been materialized in this instance yet",
+              file=sys.stderr)
+        return 1
+    passed = materialization.metadata.get(CHECKS_PASSED)
+    if passed is not None and not passed.value:
+        print(f"the latest {key} failed a blocking check; not exported", file=sys.stderr)
+        return 1
+    summary = export_samples(read_rows(Path(str(materialization.metadata["path"].value)) / file), out)
+    print(f"SillyTavern data folder: {summary.folder} ({summary.threads} group chats, {summary.characters} cards, "
+          f"{summary.personas} personas, {summary.messages} messages); see its README.md")
+    return 0
+
+
+def _export_arguments(args: list[str]) -> tuple[str | None, Path] | None:
+    """(dump or None for the eval split, output folder) of `export-sillytavern`, None when invalid."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="export-sillytavern", add_help=False, exit_on_error=False)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dump")
+    source.add_argument("--eval-split", action="store_true")
+    parser.add_argument("--out", required=True, type=Path)
+    try:
+        parsed, rest = parser.parse_known_args(args)
+    except (argparse.ArgumentError, SystemExit):
+        return None
+    return None if rest else (parsed.dump, parsed.out)
+
+
 def _arguments(argv: list[str]) -> tuple[str, Path | None] | None:
     """(command, run config file) from the command line, None when it is not a valid one."""
     args = argv[1:]
@@ -50,6 +94,13 @@ def _arguments(argv: list[str]) -> tuple[str, Path | None] | None:
 
 
 def main(argv: list[str]) -> int:
+    if argv[1:2] == ["export-sillytavern"]:
+        export = _export_arguments(argv[2:])
+        if export is None:
+            print(__doc__, file=sys.stderr)
+            return 2
+        with dg.DagsterInstance.get() as instance:
+            return export_sillytavern(instance, *export)
     parsed = _arguments(argv)
     if parsed is None:
         print(__doc__, file=sys.stderr)

@@ -21,6 +21,7 @@ import dagster as dg
 import pyarrow as pa
 
 from gcrp_assets.lib import schemas
+from gcrp_assets.orchestration.k8s import location_executor
 
 # Offline by design: weights and tokenizers come from local files, never from a hub.
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -38,6 +39,7 @@ ASSET_TAGS = {
     "base_model": {"stage": "base-model", "domain": "model"},
     "lora_checkpoint": {"stage": "train", "domain": "model"},
     "eval_report": {"stage": "evaluate", "domain": "evaluation"},
+    "sillytavern_chats": {"stage": "export", "domain": "data"},
 }
 
 # The table each Parquet asset writes (its main file), shown as the asset's columns.
@@ -95,8 +97,9 @@ def build_defs(resources: dict | None = None) -> dg.Definitions:
             loggers=loaded.loggers,
             metadata=loaded.metadata,
             component_tree=loaded.component_tree,
-            # Stages run one after another; one process avoids re-importing torch/peft for every step.
-            executor=dg.in_process_executor,
+            # GCRP_EXECUTOR: in_process (default: one process, without re-importing torch/peft for every step)
+            # or k8s (each step in its own pod; see gcrp_assets.orchestration.k8s.location_executor).
+            executor=location_executor(),
         ).map_resolved_asset_specs(func=annotate)
 
 

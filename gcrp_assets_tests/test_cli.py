@@ -105,7 +105,7 @@ def test_run_launches_every_run_through_the_instance_from_the_code_location(env,
     worker, which PROCESS_TAG then names; the inbox sensor's cursor records the dumps it ran."""
     from dagster._core.scheduler.instigation import InstigatorType
 
-    from gcrp_assets.defs.automation import dump_digests
+    from gcrp_assets.defs.automation import cursor_digests, dump_digests
     from gcrp_assets.orchestration.resources import DumpInbox
     from gcrp_assets.orchestration.runner import PROCESS_TAG, _worker_pid
 
@@ -130,7 +130,7 @@ def test_run_launches_every_run_through_the_instance_from_the_code_location(env,
         assert len(workers) == 3  # one run worker per run
         [sensor] = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
                     if s.instigator_name == "inbox_sensor"]
-        assert json.loads(sensor.instigator_data.cursor) == dump_digests(DumpInbox(path=env["GCRP_INBOX"]))
+        assert cursor_digests(sensor.instigator_data.cursor) == dump_digests(DumpInbox(path=env["GCRP_INBOX"]))
 
 
 def test_a_run_whose_run_worker_is_gone_is_marked_failed_even_if_the_launcher_lives():

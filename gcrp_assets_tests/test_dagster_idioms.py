@@ -33,7 +33,7 @@ def location():
 
 def test_every_asset_has_owners_tags_and_a_source_code_reference(location):
     _, graph = location
-    assert len(graph.asset_nodes) == 7
+    assert len(graph.asset_nodes) == 8
     for node in graph.asset_nodes:
         spec, key = node.to_asset_spec(), node.key.to_user_string()
         assert spec.owners == ["team:gcrp"], key

@@ -18,13 +18,14 @@ def test_six_stage_chain_plus_base_model_in_order():
         graph = build_defs().resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {"raw_threads", "filtered_threads", "augmented_prompts", "tokenized_parquet", "lora_checkpoint",
-                    "eval_report", "base_model"}
+                    "eval_report", "base_model", "sillytavern_chats"}
     parents = lambda k: {p.to_user_string() for p in graph.get(dg.AssetKey(k)).parent_keys}
     assert parents("filtered_threads") == {"raw_threads"}
     assert parents("augmented_prompts") == {"filtered_threads"}
     assert parents("tokenized_parquet") == {"augmented_prompts", "base_model"}
     assert parents("lora_checkpoint") == {"tokenized_parquet", "base_model"}
     assert "lora_checkpoint" in parents("eval_report")
+    assert parents("sillytavern_chats") == {"augmented_prompts"}  # the optional export
     for key in keys:
         assert graph.get(dg.AssetKey(key)).description, f"{key} has no description"
 

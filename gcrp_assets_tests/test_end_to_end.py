@@ -152,9 +152,24 @@ def test_adapter_loads_changes_logits_and_lowers_held_out_loss(chain, tiny_model
     # A card to publish: the base model by name, no path of this machine, only the settings that shaped it.
     assert f"\nbase_model: {Path(tiny_model_dir).name}\n" in card and str(tiny_model_dir) not in card
     assert "| learning_rate " in card and "master_port" not in card and "load_in_4bit" not in card
-    instruct = json.loads((Path(folder) / "sillytavern-instruct.json").read_text())
+    # The card and presets are the eval report's own output: the adapter's folder is never written after training.
+    assert Path(report["model_card"]).parent == Path(report["path"])
+    peft_readme = Path(folder) / "README.md"   # PEFT's own stub, written by save_pretrained
+    assert not peft_readme.exists() or "## Known issues (measured)" not in peft_readme.read_text()
+    assert not list(Path(folder).glob("sillytavern-*.json"))
+    assert f"`{summary['adapter_version']}`" in card
+    instruct = json.loads((Path(report["path"]) / "sillytavern-instruct.json").read_text())
     assert instruct["input_sequence"].strip().startswith("[INST]user") and "[INST]" in instruct["stop_sequence"]
-    assert json.loads((Path(folder) / "sillytavern-context.json").read_text())["story_string"]
+    assert json.loads((Path(report["path"]) / "sillytavern-context.json").read_text())["story_string"]
+    # The UI: a headline table, plots in the Markdown, links; every interval brackets the Δ printed beside it.
+    headline = report["headline"].records
+    assert [r.data["metric"] for r in headline][:2] == ["model-turn loss (nats/token)", "model-turn perplexity"]
+    for r in headline:
+        if r.data["CI"].startswith("CI ["):
+            low, high = (float(x) for x in r.data["CI"][4:].split("]")[0].split(", "))
+            assert low <= float(r.data["Δ"]) <= high, r.data
+    assert any("teacher-forced" in r.data["metric"] for r in headline)
+    assert "data:image/png;base64," in report["report"] and report["report_html_url"].startswith("file://")
     page = open(report["report_html"]).read()
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
     assert "src=\"http" not in page and "href=\"http" not in page  # self-contained

@@ -100,7 +100,11 @@ def test_reports_mark_failures_worst_first():
     assert all(p.startswith(b"\x89PNG") for p in plots.values())
     md = markdown_report(summary, shown, plots)
     assert "⟦IMPERSONATION⟧" in md and "⟦STOP⟧" in md and "⟦LEAK⟧" in md and "🚩 impersonation" in md
-    assert "user-turn loss" in md and "McNemar p=" in md and "data:image/png;base64," in md
+    assert "user-turn loss" in md and "data:image/png;base64," in md
+    # every rate shows its events and n; 2 + 2 pairs hold far fewer events than the default minimum of 20
+    assert "McNemar p=" not in md and "too few events (2 in 2 pairs, both arms)" in md and "| 1 (2/2)   |" in md
+    summary["generation"].update(summarize_generations(records, 2, min_events=2))
+    assert "McNemar p=" in markdown_report(summary, shown, plots)
     assert "distinct-1" in md and "## Generations" in md
     page = html_report(summary, shown, plots)
     assert '<mark class="imp"' in page and '<mark class="leak"' in page and 'class="hidden"' in page

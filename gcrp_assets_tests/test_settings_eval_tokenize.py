@@ -22,7 +22,7 @@ TOKENIZE_VALUES = {"dumps": ["b.jsonl", "a.jsonl"], "format": "chatml", "label_p
 EVAL_VALUES = {"batch_size": 3, "precision": "fp32", "max_prompt_tokens": 512, "max_generations": 5,
                "samples_per_context": 0, "temperature": 0.7, "min_p": 0.2, "seed": 11, "generation_batch_size": 2,
                "max_new_tokens": 9, "report_samples": 3, "speaker_turns": 6, "loss_tolerance": 0.5,
-               "bootstrap_resamples": 200}
+               "bootstrap_resamples": 200, "min_events": 5}
 ASSET_FIELDS = {"tokenize": {"dumps"}, "eval": {"loss_tolerance"}}  # configure the asset, not the plain code
 
 

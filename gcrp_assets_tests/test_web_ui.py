@@ -1,11 +1,14 @@
 """The live web UI: `dg dev` (webserver + daemon, what `make dev` runs) on 127.0.0.1, driven through GraphQL
-and a browser.
+and a browser (headless Chromium: `--dump-dom`, and the DevTools protocol where a page must be clicked).
 
 Starts every process in its own process group with default signal handlers (a background `dg dev`
 otherwise ignores SIGINT and SIGTERM) and stops the whole group at the end.
 """
 
+import itertools
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 from dagster_graphql import DagsterGraphQLClient
+from websockets.sync.client import connect
 
 from gcrp_assets_tests.factories import thread, write_jsonl
 from gcrp_assets_tests.processes import free_port, own_process_group, stop_process_group
@@ -115,7 +119,8 @@ def test_asset_graph_page_renders_in_headless_chromium(server):
     assert shot.is_file() and shot.stat().st_size > 20_000
     # The app rendered the lineage graph with this code location's groups, not an error page.
     assert "Global asset lineage" in dom
-    assert all(f">{group}<" in dom for group in ("data", "models", "training", "evaluation"))
+    # Groups read as the pipeline: the per-dump data stages, training (its set, the base model, the adapter), eval.
+    assert all(f">{group}<" in dom for group in ("data", "training", "evaluation")) and ">models<" not in dom
     assert "Something went wrong" not in dom and "Page not found" not in dom
     catalog = subprocess.run([CHROMIUM, *flags, "--dump-dom", f"{server['url']}/assets"],
                              capture_output=True, text=True, timeout=120).stdout
@@ -124,6 +129,128 @@ def test_asset_graph_page_renders_in_headless_chromium(server):
         assert key in catalog, key
     if os.environ.get("GCRP_UI_SCREENSHOT_DIR"):  # keep the picture for a person to look at
         shutil.copy(shot, Path(os.environ["GCRP_UI_SCREENSHOT_DIR"]) / "asset_graph.png")
+
+
+# The training set of the chain runs below: the same in each, so the second reuses it.
+TRAINING_SET = {"tokenized_parquet": {"config": {"max_length": 512, "min_eval_threads": 1}}}
+
+LOGS_QUERY = """
+query Logs($runId: ID!) {
+  logsForRun(runId: $runId) { ... on EventConnection { events { ... on MessageEvent { message stepKey } } } }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(server):
+    """A short training chain run to the end: the adapter (logged every step) and its eval report."""
+    client = DagsterGraphQLClient("127.0.0.1", port_number=server["port"])
+    run_config = {"ops": {**TRAINING_SET,
+                          "lora_checkpoint": {"config": {"max_steps": 3, "logging_steps": 1, "max_length": 512,
+                                                         "precision": "fp32"}},
+                          "eval_report": {"config": {"max_generations": 1, "max_new_tokens": 4, "speaker_turns": 2,
+                                                     "samples_per_context": 0, "precision": "fp32",
+                                                     "bootstrap_resamples": 200}}}}
+    run_id = client.submit_job_execution("training_chain", run_config=run_config)
+    assert _wait(client, run_id, timeout=600) == "SUCCESS"
+    return run_id
+
+
+def test_the_training_log_shows_step_k_of_n_with_an_eta(server, trained):
+    client = DagsterGraphQLClient("127.0.0.1", port_number=server["port"])
+    events = client._execute(LOGS_QUERY, {"runId": trained})["logsForRun"]["events"]
+    lines = [e["message"] for e in events if e.get("stepKey") == "lora_checkpoint"]
+    step = re.compile(r"step \d+/3 \(\d+ %\) · loss \d+\.\d\d · lr [\d.e-]+ · \d+ tok/s · ETA \d+ (s|min)")
+    assert [line for line in lines if step.fullmatch(line)], lines
+    assert any(line.startswith("phase 3/4 · train (3 steps) · ") for line in lines), lines
+    assert not [line for line in lines if line.startswith("metrics {")], lines  # no raw dictionaries
+
+
+class Chromium:
+    """Headless Chromium driven through the DevTools protocol (one page), for pages that need a click."""
+
+    def __init__(self, profile: Path):
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--window-size=1400,900", f"--remote-debugging-port={self.port}",
+             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=own_process_group)
+        deadline = time.time() + 60
+        while True:
+            try:
+                pages = [t for t in requests.get(f"http://127.0.0.1:{self.port}/json/list", timeout=2).json()
+                         if t["type"] == "page"]
+                if pages:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.time() < deadline, "chromium did not open its DevTools port"
+            time.sleep(0.5)
+        self.socket = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        self.ids = itertools.count(1)
+
+    def call(self, method: str, **params) -> dict:
+        message_id = next(self.ids)
+        self.socket.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        while True:  # events arrive in between; the answer carries the id
+            message = json.loads(self.socket.recv(timeout=60))
+            if message.get("id") == message_id:
+                assert "error" not in message, message
+                return message["result"]
+
+    def js(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 60):
+        deadline = time.time() + timeout
+        while not (value := self.js(expression)) and time.time() < deadline:
+            time.sleep(0.5)
+        return value
+
+    def open(self, url: str) -> None:
+        self.call("Page.navigate", url=url)
+
+    def show_markdown(self, label: str) -> list[int]:
+        """Click the `[Show Markdown]` of the metadata row `label`; the widths of the PNG images it shows."""
+        clicked = self.wait_for(f"""(() => {{
+            const row = [...document.querySelectorAll('tr')].find(r => r.cells.length > 1 &&
+                r.cells[0].innerText.trim() === {json.dumps(label)});
+            const link = row && [...row.querySelectorAll('*')].filter(e => e.innerText === '[Show Markdown]').pop();
+            if (link) link.click();
+            return Boolean(link);
+        }})()""")
+        assert clicked, f"no [Show Markdown] for {label}: " + self.js("document.body.innerText")[:3000]
+        return self.wait_for("""[...document.querySelectorAll('[role=dialog] img')]
+            .filter(i => i.src.startsWith('data:image/png') && i.complete).map(i => i.naturalWidth)""", 20)
+
+    def close(self) -> None:
+        self.socket.close()
+        stop_process_group(self.process, timeout=30)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test` installs it as root)")
+def test_eval_report_page_shows_the_headline_table_and_plots(server, trained):
+    browser = Chromium(server["base"] / "chromium-devtools")
+    try:
+        browser.open(f"{server['url']}/assets/eval_report")
+        headline = browser.wait_for("""(() => {  // the innermost table whose own header names a metric column
+            const head = t => t.tHead ? [...t.tHead.rows[0].cells].map(h => h.innerText.trim().toLowerCase()) : [];
+            const table = [...document.querySelectorAll('table')].find(t => head(t).includes('metric'));
+            return table && {head: head(table), rows: [...table.tBodies[0].rows].map(r => r.innerText)};
+        })()""")
+        assert headline, "no headline table: " + browser.js("document.body.innerText")[:3000]
+        assert {"metric", "base", "adapter"} <= set(headline["head"]) and headline["rows"], headline
+        decimals = re.findall(r"\d+\.\d+", " ".join(headline["rows"]))
+        significant = [len(number.replace(".", "").lstrip("0")) for number in decimals]
+        assert decimals and max(significant) <= 6, headline  # rounded, not 3.044673257914065
+        assert [width for width in browser.show_markdown("report") if width > 100], "the report shows no plot"
+        browser.open(f"{server['url']}/assets/lora_checkpoint")
+        assert [width for width in browser.show_markdown("loss_curve") if width > 100], "no loss curve"
+    finally:
+        browser.close()
 
 
 def _trainers_of(artifacts: Path) -> list:
@@ -144,9 +271,11 @@ def _trainers_of(artifacts: Path) -> list:
 def test_cancelling_training_stops_the_trainer_and_leaves_no_finished_looking_checkpoint(server):
     client = DagsterGraphQLClient("127.0.0.1", port_number=server["port"])
     artifacts = server["base"] / "art"
-    run_config = {"ops": {"tokenized_parquet": {"config": {"max_length": 512, "min_eval_threads": 1}},
+    run_config = {"ops": {**TRAINING_SET,
                           "lora_checkpoint": {"config": {"max_steps": 100000, "max_length": 512, "precision": "fp32",
                                                          "eval_steps": 0}}}}
+    checkpoints = artifacts / "lora_checkpoint"
+    finished_before = set(checkpoints.glob("*/manifest.json")) | set(checkpoints.glob("*/adapter_model.safetensors"))
     run_id = client.submit_job_execution("training_chain", run_config=run_config)
     deadline = time.time() + 180
     while not _trainers_of(artifacts):
@@ -161,5 +290,5 @@ def test_cancelling_training_stops_the_trainer_and_leaves_no_finished_looking_ch
     while _trainers_of(artifacts):  # Pipes forwarded the termination to the trainer process
         assert time.time() < deadline, "the trainer outlived its cancelled run"
         time.sleep(1)
-    checkpoints = artifacts / "lora_checkpoint"
-    assert not list(checkpoints.glob("*/manifest.json")) and not list(checkpoints.glob("*/adapter_model.safetensors"))
+    finished = set(checkpoints.glob("*/manifest.json")) | set(checkpoints.glob("*/adapter_model.safetensors"))
+    assert finished == finished_before  # the adapter trained to the end earlier in this module is the only one

@@ -37,7 +37,7 @@ def selected_dumps(instance: dg.DagsterInstance, requested: list[str]) -> list[s
 
 
 @dg.asset(
-    group_name="data", kinds={"parquet"}, code_version=TOKENIZE_CODE, deps=[augmented_prompts, "base_model"],
+    group_name="training", kinds={"parquet"}, code_version=TOKENIZE_CODE, deps=[augmented_prompts, "base_model"],
     automation_condition=follow_upstream_data(),
     check_specs=[
         dg.AssetCheckSpec("one_bos_per_sample", asset="tokenized_parquet", blocking=True,

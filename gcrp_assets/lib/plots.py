@@ -147,3 +147,25 @@ def length_distribution_png(lengths: dict[str, list[int]]) -> bytes:
     ax.set_ylabel("density")
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def failure_mode_png(labels: list[str], base: list[float], adapter: list[float], lows: list[float],
+                     highs: list[float]) -> bytes:
+    """Teacher-forced failure modes per held-out model turn: base and adapter means side by side (bars), with the
+    adapter bar's whisker spanning base + the 95 % CI of the difference (the difference's interval, drawn where
+    the adapter's value sits)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(labels) + 1.2), dpi=70)
+    ys = range(len(labels))
+    ax.barh([y + 0.2 for y in ys], base, height=0.4, label="base", color="tab:grey")
+    err_low = [a - (b + lo) if lo == lo else 0 for a, b, lo in zip(adapter, base, lows)]
+    err_high = [(b + hi) - a if hi == hi else 0 for a, b, hi in zip(adapter, base, highs)]
+    ax.barh([y - 0.2 for y in ys], adapter, height=0.4, label="adapter (whisker: base + 95% CI of Δ)",
+            color="tab:blue", xerr=[[max(e, 0) for e in err_low], [max(e, 0) for e in err_high]], capsize=3)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of held-out model turns / mean probability")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    return _png(fig)

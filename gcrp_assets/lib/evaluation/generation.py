@@ -89,7 +89,8 @@ def sample_next(logits, temperature: float, min_p: float, noise):
 
 def generate_batch(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n_samples: int = 0,
                    greedy: bool = True, temperature: float = 1.0, min_p: float = 0.0, seeds: list[int] | None = None,
-                   batch_size: int = 4, eos_token_ids: list[int] | None = None) -> list[list[Continuation]]:
+                   batch_size: int = 4, eos_token_ids: list[int] | None = None,
+                   progress=None) -> list[list[Continuation]]:
     """For each prompt: [greedy continuation] (if `greedy`) + `n_samples` sampled continuations.
 
     Prompts are tokenized as text (no special tokens added: the format writes its BOS), sorted by length
@@ -99,6 +100,7 @@ def generate_batch(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
     `seeds[i]` (default: the prompt's index), drawn per prompt and step, so a prompt's samples do not
     depend on the batch size or on the other prompts; base and adapter get the same seeds. Stop strings
     are off: a row ends at an EOS token (`eos_token_ids`, default the tokenizer's) or max_new_tokens.
+    `progress(prompts done, prompts, tokens generated)` after each batch.
     """
     import torch
 
@@ -177,6 +179,8 @@ def generate_batch(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
                     conts.append(Continuation(tokenizer.decode(toks, skip_special_tokens=False), len(toks),
                                               not eos_hit and len(toks) >= max_new_tokens, eos_hit, tuple(toks)))
                 results[i] = conts
+            if progress is not None:
+                progress(min(start + batch_size, len(order)), len(order), sum(len(t) for t in tokens))
     return results  # type: ignore[return-value]
 
 

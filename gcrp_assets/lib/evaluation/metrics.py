@@ -99,7 +99,8 @@ def mcnemar_exact(b: int, c: int) -> float:
 def paired_rates(base_flags: Sequence[bool], adapter_flags: Sequence[bool]) -> dict:
     """Rates of a binary outcome (e.g. impersonated, OOC, run-on) for both arms on the same contexts.
 
-    Returns `{n, base_rate, adapter_rate, delta, b, c, p}`: rate = (1/n) Σ flag; delta = adapter_rate −
+    Returns `{n, base_rate, adapter_rate, delta, base_events, adapter_events, events, b, c, p}`: rate = (1/n)
+    Σ flag; events = flagged outcomes per arm and in the pooled pair table (both arms); delta = adapter_rate −
     base_rate; b = #(base flagged, adapter not), c = #(adapter flagged, base not) (discordant pairs);
     p = `mcnemar_exact(b, c)`. Both lists are aligned context by context; n = 0 gives nan rates, p = 1.
     """
@@ -113,6 +114,7 @@ def paired_rates(base_flags: Sequence[bool], adapter_flags: Sequence[bool]) -> d
     base_rate = sum(base) / n if n else NAN
     adapter_rate = sum(adapter) / n if n else NAN
     return {"n": n, "base_rate": base_rate, "adapter_rate": adapter_rate, "delta": adapter_rate - base_rate,
+            "base_events": sum(base), "adapter_events": sum(adapter), "events": sum(base) + sum(adapter),
             "b": b, "c": c, "p": mcnemar_exact(b, c)}
 
 

@@ -1,4 +1,5 @@
-"""The model card (README.md beside the adapter), written from lineage, dataset statistics and the eval.
+"""The model card (model_card.md in the eval report's folder, beside the presets), written from lineage
+(base model, training set and adapter data versions), dataset statistics and the eval.
 
 Laid out like the two reference cards: what the model is, the prompt format with an example, stop strings,
 recommended sampling, dataset information, training hyperparameters, evaluation, and known issues as measured.
@@ -9,10 +10,14 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from gcrp_assets.lib.formats.chat_format import ChatFormat, render
 from gcrp_assets.lib.evaluation.report import caveats
 from gcrp_assets.lib.tables import md_table
+
+if TYPE_CHECKING:  # imported where used: the presets module is only needed when a card is written
+    from gcrp_assets.lib.formats.sillytavern_presets import PresetFiles
 
 # The hyperparameters a card lists, in this order (run settings such as launcher, ports and logging are left
 # out; quantization and DeepSpeed rows only when used).
@@ -187,7 +192,9 @@ def model_card(*, fmt: ChatFormat, bos_token: str | None, example: dict, stats: 
         "- conversations kept as written by their human authors; the system prompt is built from the "
         "characters' sheets rewritten into one uniform template; forum handles removed",
         f"- training set data version `{lineage['tokenized_version']}`; base model {lineage['base_model_name']} "
-        f"(data version `{lineage['base_model_version']}`)",
+        f"(data version `{lineage['base_model_version']}`)"
+        + (f"; adapter `{lineage['adapter']}` (data version `{lineage['adapter_version']}`)"
+           if lineage.get("adapter_version") else ""),
         "",
         "## Training",
         "",
@@ -209,16 +216,62 @@ def model_card(*, fmt: ChatFormat, bos_token: str | None, example: dict, stats: 
                                ("speaker-name loss", summary.get("role_losses", {}).get("model_name", {})),
                                ("end-of-turn loss", summary.get("role_losses", {}).get("model_end", {})))
               if r.get("tokens")],
-            ("speaker selection accuracy", _num(sp["base"]["accuracy"]), _num(sp["adapter"]["accuracy"]), ""),
+            *[(label, _num(q["base"]), _num(q["adapter"]), f"[{_num(q['ci_low'])}, {_num(q['ci_high'])}]")
+              for label, q in (("speaker selection accuracy (every held-out model turn)",
+                                summary.get("failure_modes", {}).get("speaker_accuracy")),
+                               ("stop propensity at the gold end of turn",
+                                summary.get("failure_modes", {}).get("stop_probability")),
+                               ("impersonation propensity (user's header vs gold next)",
+                                summary.get("failure_modes", {}).get("impersonation_share")))
+              if q and q.get("n")],
+            *([] if summary.get("failure_modes") else
+              [("speaker selection accuracy", _num(sp["base"]["accuracy"]), _num(sp["adapter"]["accuracy"]), "")]),
         ], ["metric", "base", "adapter", "95% CI of the difference"]),
         "",
         "## Known issues (measured)",
         "",
         *issues,
         "",
-        "## SillyTavern",
-        "",
-        "`sillytavern-instruct.json` and `sillytavern-context.json` beside this card hold the matching instruct "
-        "and context presets." if lineage.get("presets") else "No SillyTavern presets were exported for this format.",
+        *sillytavern_section(fmt, lineage.get("presets")),
     ]
     return "\n".join(lines) + "\n"
+
+
+def sillytavern_section(fmt: ChatFormat, presets: "PresetFiles | None" = None) -> list[str]:
+    """The card's SillyTavern section: how to load the presets in three steps, or why there are none, and
+    what SillyTavern does differently. Computed from the format (and the files `write_presets` wrote, when
+    given), never assumed."""
+    from gcrp_assets.lib.formats.sillytavern_presets import MASTER, PresetFiles, build_presets
+
+    if not isinstance(presets, PresetFiles):
+        presets = PresetFiles({}, build_presets(fmt, sampling=recommended_sampling(fmt)))
+    built = presets.presets
+    lines = ["## SillyTavern", ""]
+    if not built.written:
+        return lines + ["No SillyTavern presets were written: a broken preset would build another prompt than "
+                        "training's.", "", *[f"- {note}" for note in built.cannot_express]]
+    name, sampling = built.name, recommended_sampling(fmt)
+    files = sorted(presets.paths) or [MASTER]
+    lines += [
+        f"Presets that rebuild the training prompt are beside this card ({', '.join(f'`{f}`' for f in files)}). "
+        "Three steps:",
+        "",
+        f"1. Advanced Formatting → **Master Import** → `{MASTER}`: the instruct template, context template, "
+        f"system prompt and text-completion preset, all named `{name}`.",
+        f"2. Select the Context Template, Instruct Template (Instruct Mode on; it also selects itself when the "
+        f"backend's model name contains `{name}`) and System Prompt `{name}`, and the `{name}` preset under AI "
+        f"Response Configuration (temperature {sampling['temperature']}, min_p {sampling['min_p']}).",
+    ]
+    if built.roster is not None:
+        lines.append(
+            "3. Write the characters as training saw them: each card's description is its uniform sheet (no "
+            "greeting, example messages or card system prompt), your persona's description is your character's "
+            "uniform sheet, and the group uses \"Join character cards\" with Join Prefix "
+            f"`{built.roster.join_prefix}` and Join Suffix `{built.roster.join_suffix}`, members in order of "
+            "appearance. `python -m gcrp_assets.cli export-sillytavern` writes threads as groups set up this way.")
+    else:
+        lines.append("3. Paste the training system prompt into SillyTavern's System Prompt by hand (see below).")
+    lines += ["", "What SillyTavern's prompt does differently from training:", "",
+              *[f"- {note}" for note in built.differences]]
+    return lines
+

@@ -37,24 +37,58 @@ def _diff(a: float, b: float) -> float:
     return a - b if not (a is None or b is None or math.isnan(a) or math.isnan(b)) else NAN
 
 
+def _events(r: dict, arm: str) -> str:
+    """`0.125 (1/8)`: the rate with its events and n beside it."""
+    events = r.get(f"{arm}_events")
+    rate = _fmt(r[f"{arm}_rate"])
+    return rate if events is None else f"{rate} ({events}/{r['n']})"
+
+
+def _test(r: dict) -> str:
+    """McNemar's p with the discordant pairs, or 'too few events' below the minimum of the pooled pair table."""
+    if r.get("too_few_events"):
+        return f"too few events ({r.get('events')} in {r['n']} pairs, both arms)"
+    return f"McNemar p={_fmt(r['p'])} (b={r['b']}, c={r['c']}, n={r['n']})"
+
+
 def _rate_row(label: str, section: dict, key: str, human: float | None = None, tag: str = "") -> tuple:
     r = section.get("rates", {}).get(key)
     if not r:
         return (label + tag, NAN, NAN, human, NAN, "")
-    return (label + tag, r["base_rate"], r["adapter_rate"], human, r["delta"],
-            f"McNemar p={_fmt(r['p'])} (b={r['b']}, c={r['c']}, n={r['n']})")
+    return (label + tag, _events(r, "base"), _events(r, "adapter"), human, r["delta"], _test(r))
+
+
+def _tf_row(label: str, q: dict | None) -> tuple | None:
+    """A teacher-forced failure-mode row: turn-weighted means, their difference, its cluster-bootstrap CI."""
+    if not q or not q.get("n"):
+        return None
+    return (label, q["base"], q["adapter"], None, q["delta"],
+            f"CI {_ci(q['ci_low'], q['ci_high'])} (n={q['n']} turns, {q['threads']} threads)")
+
+
+# Teacher-forced failure modes in the headline (failure_modes.QUANTITIES keys).
+FAILURE_LABELS_TF = (
+    ("speaker_accuracy", "speaker selection accuracy (teacher-forced, every model turn)"),
+    ("speaker_mrr", "speaker selection MRR"),
+    ("speaker_picks_user", "top pick is the user's character"),
+    ("stop_probability", "stop propensity: P(end of turn) at the gold end"),
+    ("impersonation_share", "impersonation propensity: P(user's header) / (… + P(gold next header))"),
+    ("impersonation_preferred", "user's header more likely than the gold next header"),
+)
 
 
 def headline_rows(s: dict) -> list[tuple[str, str, str, str, str, str]]:
-    """(metric, base, adapter, human, adapter − base, 95% CI or p) rows of the headline table."""
+    """(metric, base, adapter, human, adapter − base, 95% CI or p) rows of the headline table. Every CI stands
+    beside the point estimate it is an interval of (the token- or turn-weighted difference of the row)."""
     g = s["generation"]
     sp = s["speaker_selection"]
     roles = s.get("role_losses", {})
+    failure = s.get("failure_modes", {})
     greedy, sampled = g.get("greedy", {}), g.get("sampled", {})
     human = g.get("human", {})
     rows = [
         ("model-turn loss (nats/token)", s["model_turn_loss_base"], s["model_turn_loss_adapter"], None,
-         s["model_turn_loss_adapter"] - s["model_turn_loss_base"],
+         s.get("loss_delta", s["model_turn_loss_adapter"] - s["model_turn_loss_base"]),
          "CI " + _ci(s["loss_delta_ci_low"], s["loss_delta_ci_high"])),
         ("model-turn perplexity", s["perplexity_base"], s["perplexity_adapter"], None,
          s["perplexity_adapter"] - s["perplexity_base"], ""),
@@ -66,16 +100,19 @@ def headline_rows(s: dict) -> list[tuple[str, str, str, str, str, str]]:
                         ("model_end", "end-of-turn loss (model turns)")):
         r = roles.get(role, {})
         if r.get("tokens"):
-            rows.append((label, r["loss_base"], r["loss_adapter"], None, r["loss_adapter"] - r["loss_base"],
+            rows.append((label, r["loss_base"], r["loss_adapter"], None, r.get("delta", r["loss_adapter"] - r["loss_base"]),
                          "CI " + _ci(r["delta_ci_low"], r["delta_ci_high"])))
-    rows += [
-        ("speaker selection accuracy", sp["base"]["accuracy"], sp["adapter"]["accuracy"], None,
-         _diff(sp["adapter"]["accuracy"], sp["base"]["accuracy"]), f"n={sp['adapter']['n']}"),
-        ("speaker selection MRR", sp["base"]["mrr"], sp["adapter"]["mrr"], None,
-         _diff(sp["adapter"]["mrr"], sp["base"]["mrr"]), ""),
-        ("picks the user's character", sp["base"]["user_pick_rate"], sp["adapter"]["user_pick_rate"], None,
-         _diff(sp["adapter"]["user_pick_rate"], sp["base"]["user_pick_rate"]), ""),
-    ]
+    if failure:
+        rows += [row for key, label in FAILURE_LABELS_TF if (row := _tf_row(label, failure.get(key)))]
+    else:
+        rows += [
+            ("speaker selection accuracy", sp["base"]["accuracy"], sp["adapter"]["accuracy"], None,
+             _diff(sp["adapter"]["accuracy"], sp["base"]["accuracy"]), f"n={sp['adapter']['n']}"),
+            ("speaker selection MRR", sp["base"]["mrr"], sp["adapter"]["mrr"], None,
+             _diff(sp["adapter"]["mrr"], sp["base"]["mrr"]), ""),
+            ("picks the user's character", sp["base"]["user_pick_rate"], sp["adapter"]["user_pick_rate"], None,
+             _diff(sp["adapter"]["user_pick_rate"], sp["base"]["user_pick_rate"]), ""),
+        ]
     for section, tag in ((greedy, " [greedy]"), (sampled, " [sampled]")):
         if not section:
             continue
@@ -105,6 +142,12 @@ def headline_rows(s: dict) -> list[tuple[str, str, str, str, str, str]]:
     return [(m, _fmt(b), _fmt(a), _fmt(h), _fmt(d), extra) for m, b, a, h, d, extra in rows]
 
 
+def headline_table(s: dict) -> list[dict[str, str]]:
+    """The headline as records `{metric, base, adapter, Δ, CI}` (4 significant digits): the UI's table."""
+    return [{"metric": m, "base": b, "adapter": a, "Δ": d, "CI": extra}
+            for m, b, a, _h, d, extra in headline_rows(s)]
+
+
 HEADERS = ["metric", "base", "adapter", "human", "adapter − base", "uncertainty"]
 NOTES = (
     "Losses: summed negative log-likelihood over the scored tokens divided by their count (token-weighted), on "
@@ -113,13 +156,19 @@ NOTES = (
     "of the predicted token (derived from the rendered sample's spans and the tokenizer's offsets). CIs are 95% "
     "cluster bootstrap intervals of the token-weighted difference shown beside them (held-out threads resampled "
     "with replacement, the difference recomputed on each resample); the per-thread plot shows the mean of the "
-    "per-thread differences with its own interval. Generations: greedy and K "
+    "per-thread differences with its own interval. Failure modes (teacher-forced, every held-out model turn, "
+    "from the same forward passes): speaker selection ranks every roster name's `Name:` at the turn's name slot; "
+    "stop propensity is P(the end-of-turn marker) at the gold end of the reply; impersonation propensity is "
+    "P(a line naming the user's character) / (that + P(the gold continuation up to the next speaker's name)) at "
+    "the same point; each is a mean over turns, its CI a cluster bootstrap over threads of the difference of "
+    "those means. Generations: greedy and K "
     "seeded samples per context with the model cards' sampling settings, the same seeds in both arms, generated "
     "with stop strings off (run-ons and impersonation stay visible); 'stops on' is what a front-end shows with the "
     "format's stop strings, its terminator and EOS as stops, derived exactly by cutting the stops-off continuation "
     "before the first stop string (generation is causal, and each draw depends only on the tokens before it). "
-    "Rates compare the arms on the same (context, draw) pairs with McNemar's exact test; draws of one context are "
-    "not independent, so read p-values of sampled rates as indicative. distinct-n is corpus-level and depends on "
+    "Rates show events/n beside them and compare the arms on the same (context, draw) pairs with McNemar's exact "
+    "test, or say 'too few events' when the pooled pair table (both arms) holds fewer than the configured minimum "
+    "(`min_events`); draws of one context are not independent, so read p-values of sampled rates as indicative. distinct-n is corpus-level and depends on "
     "the amount of text: compare arms within a decoding."
 )
 ROLE_LABELS = {"model_text": "model turns: text", "model_name": "model turns: speaker name",
@@ -155,11 +204,13 @@ ROLE_HEADERS = ["tokens", "n", "loss base", "loss adapter", "ppl base", "ppl ada
 
 
 def rate_rows(section: dict) -> list[tuple]:
-    return [(RATE_LABELS.get(k, k), _fmt(r["base_rate"]), _fmt(r["adapter_rate"]), _fmt(r["delta"]), r["b"], r["c"],
-             _fmt(r["p"])) for k, r in section.get("rates", {}).items()]
+    return [(RATE_LABELS.get(k, k), _events(r, "base"), _events(r, "adapter"), _fmt(r["delta"]), r["b"], r["c"],
+             "too few events" if r.get("too_few_events") else _fmt(r["p"]))
+            for k, r in section.get("rates", {}).items()]
 
 
-RATE_HEADERS = ["outcome", "base", "adapter", "adapter − base", "b (base only)", "c (adapter only)", "McNemar p"]
+RATE_HEADERS = ["outcome", "base (events/n)", "adapter (events/n)", "adapter − base", "b (base only)",
+                "c (adapter only)", "McNemar p"]
 
 
 def text_rows(g: dict) -> list[tuple]:
@@ -288,8 +339,9 @@ def _md_image(png: bytes | None, alt: str) -> str:
 
 
 PLOT_TITLES = (("loss_curve", "training and eval loss"), ("thread_deltas", "per-thread loss difference"),
-               ("thread_losses", "per-thread loss, base vs adapter"), ("role_losses", "loss by token role"),
-               ("lengths", "reply length distribution"))
+               ("thread_losses", "per-thread loss, base vs adapter"),
+               ("failure_modes", "failure modes at every held-out model turn (teacher-forced)"),
+               ("role_losses", "loss by token role"), ("lengths", "reply length distribution"))
 
 
 def _settings_line(g: dict) -> str:
@@ -316,7 +368,9 @@ def caveats(g: dict) -> list[str]:
     return out
 
 
-def markdown_report(s: dict, cases: list[dict], plots: dict[str, bytes | None] | None = None) -> str:
+def markdown_report(s: dict, cases: list[dict], plots: dict[str, bytes | None] | None = None,
+                    plot_keys: tuple[str, ...] | None = None) -> str:
+    """The report as Markdown; `plot_keys` limits the embedded plots (the UI shows a few; the file all)."""
     g = s["generation"]
     lines = [
         "# Eval report",
@@ -344,6 +398,9 @@ def markdown_report(s: dict, cases: list[dict], plots: dict[str, bytes | None] |
         "",
         "## Speaker-selection baselines",
         "",
+        f"On the same {s['speaker_selection'].get('adapter', {}).get('n', '–')} held-out model turns as the "
+        "headline's teacher-forced speaker selection.",
+        "",
         md_table([(name, _fmt(v["accuracy"]), _fmt(v["mrr"])) for name, v in s["speaker_selection"]["baselines"].items()],
                  ["baseline", "accuracy", "MRR"]),
         "",
@@ -357,7 +414,7 @@ def markdown_report(s: dict, cases: list[dict], plots: dict[str, bytes | None] |
     if plots:
         lines += ["## Plots", ""]
         for key, title in PLOT_TITLES:
-            if plots.get(key):
+            if plots.get(key) and (plot_keys is None or key in plot_keys):
                 lines += [f"**{title}**", "", _md_image(plots[key], title), ""]
     lines += ["## Generations (side by side, worst first)", "",
               "Each continuation was generated with stop strings off. Markers: ⟦IMPERSONATION⟧ where a turn for the "

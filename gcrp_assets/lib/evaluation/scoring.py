@@ -57,10 +57,11 @@ def _text_metrics(texts: list[str], histories: list[list[str]]) -> dict:
             "ooc": em.ooc_rate(texts) if texts else float("nan")}
 
 
-def summarize_generations(records: list[dict], n_samples: int) -> dict:
+def summarize_generations(records: list[dict], n_samples: int, min_events: int = 20) -> dict:
     """Rates and text metrics per decoding (greedy = draw 0, sampled = draws 1..K) and arm, the human replies
     of the same contexts beside them, and McNemar's exact test for every binary outcome (pairs: the same
-    context and draw in both arms, the same seed)."""
+    context and draw in both arms, the same seed). A rate whose pooled pair table (both arms) holds fewer
+    than `min_events` events is marked `too_few_events`: the report prints that instead of its p-value."""
     human = [r["human"] for r in records]
     histories = [r["history"] for r in records]
     out = {"human": {**_text_metrics(human, histories), "lengths": em.word_lengths(human),
@@ -72,10 +73,10 @@ def summarize_generations(records: list[dict], n_samples: int) -> dict:
         if not draws or not records:
             continue
         items = [(r, d) for r in records for d in draws]
-        section = {"n": len(items), "rates": {}}
+        section = {"n": len(items), "min_events": min_events, "rates": {}}
         for key, _ in BINARY:
-            section["rates"][key] = em.paired_rates([r["base"][d][key] for r, d in items],
-                                                    [r["adapter"][d][key] for r, d in items])
+            rates = em.paired_rates([r["base"][d][key] for r, d in items], [r["adapter"][d][key] for r, d in items])
+            section["rates"][key] = {**rates, "too_few_events": rates["events"] < min_events}
         for arm in ("base", "adapter"):
             texts = [r[arm][d]["reply"] for r, d in items]
             lengths = [r[arm][d]["words"] for r, d in items]

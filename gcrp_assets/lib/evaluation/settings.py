@@ -19,10 +19,11 @@ class EvalSettings:
                                                                    "from."})
     max_generations: int = field(default=0, metadata={"help": "Held-out contexts to generate replies from (gold "
                                                               "model turns, round-robin over the held-out "
-                                                              "samples); 0 = auto: 8 on a CPU, 64 when CUDA is "
+                                                              "samples); 0 = auto: 4 on a CPU, 64 when CUDA is "
                                                               "present."})
-    samples_per_context: int = field(default=2, metadata={"help": "Sampled continuations per context and arm (K), "
-                                                                  "besides the greedy one; 0 = greedy only."})
+    samples_per_context: int = field(default=-1, metadata={"help": "Sampled continuations per context and arm (K), "
+                                                                   "besides the greedy one; 0 = greedy only; "
+                                                                   "negative = auto: 1 on a CPU, 2 with CUDA."})
     temperature: float = field(default=-1.0, metadata={"help": "Sampling temperature; negative = the model cards' "
                                                                "value for the format (inst/chatml 0.8, "
                                                                "herrsimian 1.0)."})
@@ -34,10 +35,14 @@ class EvalSettings:
                                                                     "1 + K rows); 0 = auto: 4 on a CPU, 16 with "
                                                                     "CUDA."})
     max_new_tokens: int = field(default=0, metadata={"help": "New tokens per continuation (stop strings off); "
-                                                             "0 = auto: 40 on a CPU, 512 when CUDA is present."})
+                                                             "0 = auto: 32 on a CPU, 512 when CUDA is present."})
     report_samples: int = field(default=8, metadata={"help": "Contexts shown side by side in the report, worst "
                                                              "first."})
-    speaker_turns: int = field(default=4, metadata={"help": "Gold model turns scored for speaker selection "
-                                                            "(spread over threads)."})
+    speaker_turns: int = field(default=0, metadata={"help": "Held-out model turns measured teacher-forced "
+                                                            "(speaker selection, stop and impersonation "
+                                                            "propensity, from the loss passes); 0 = every one."})
+    min_events: int = field(default=20, metadata={"help": "A generation rate whose pooled pair table (both arms) "
+                                                          "holds fewer events than this shows 'too few events' "
+                                                          "instead of a McNemar p-value."})
     bootstrap_resamples: int = field(default=10_000, metadata={"help": "Resamples of the paired bootstrap over "
                                                                        "threads."})

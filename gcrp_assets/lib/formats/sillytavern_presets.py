@@ -1,58 +1,130 @@
-"""SillyTavern instruct/context presets for a prompt format, and SillyTavern's prompt assembly.
+"""SillyTavern presets that rebuild the training prompt: instruct, context, system prompt, sampler.
 
-`instruct_preset(fmt)` and `context_preset(fmt)` give the JSON objects SillyTavern imports
-(Advanced Formatting → Instruct / Context template); `assemble_group_chat` rebuilds a text
-completion prompt from those two objects the way SillyTavern 1.12 does (`formatInstructModeChat`,
-`formatInstructModeSystemPrompt`, `renderStoryString`, `formatInstructModePrompt`, `addChatsSeparator`
-in `public/script.js` and `public/scripts/instruct-mode.js`), so the presets can be tested against
-`formats.render` without a browser.
+`build_presets(fmt, ...)` gives the four JSON objects SillyTavern 1.12.6 imports (Advanced Formatting →
+Master Import takes all of them in one file: `{"instruct", "context", "sysprompt", "preset"}`,
+`preset-manager.js performMasterImport`), and the reasons, if any, why the format cannot be expressed
+(then no presets: a broken preset is worse than none). `write_presets(folder, fmt, ...)` writes them
+and never raises for a format SillyTavern cannot express. The assembly rules these presets rely on are
+written down, from SillyTavern's source, in `gcrp_assets_tests/st_prompt_emulator.py`, which the tests
+run against the training render.
 
-Mapping (wrap off):
-- the format's separator goes at the *front* of every sequence (`input_sequence = separator +
-  user prefix`), the role terminator (plus EOS for `every_turn` formats) is the suffix; the system
-  prompt is the story string: `system prefix + {{system}} + card fields + {{trim}} + system suffix`.
-  The prompt is then exactly `render(...)` without BOS (BOS comes from the backend's "Add BOS
-  token"), and the generation line (`separator + model prefix + "Name:"`) is exactly
-  `generation_prompt`. An empty story string leaves the first message with a leading separator.
-- names: `Name: ` in content → `names_behavior: "always"` (SillyTavern writes `"{name}: {mes}"`);
-  Herrsimian's header names (`::::user:Name: `) render the same way from `::::user:`; any other name
-  template goes into the sequences as `{{name}}` with `names_behavior: "none"` (a message without a
-  name then shows SillyTavern's "System"). A nameless *message* in a header-name format (e.g. a
-  Herrsimian OOC line) renders without the space after the header; the system prompt is unaffected.
-- `stop_sequence` holds all the format's stop strings joined by newlines: SillyTavern splits the
-  sequences on newlines when it builds stop strings (`getInstructStoppingSequences`), so each line
-  becomes a stop string (Herrsimian's `\\n\\n::::` becomes `::::`, which its card recommends).
-- `names_as_stop_strings` is off for header-name formats (Herrsimian's card: the backend may not
-  stop, or crops output), on otherwise. `chat_start` and `example_separator` are empty.
-- EOS policy `last` has no counterpart at inference (a chat never ends); `every_turn` appends the
-  format's literal EOS (or `eos_token`) to both suffixes.
+How a format maps onto SillyTavern (instruct "wrap" off, so sequences are written exactly):
+- The separator between blocks goes at the *end* of every suffix (`input_suffix = user terminator +
+  separator`), so the first block never has one in front: with an empty system prompt the chat starts
+  at its first message, as in training.
+- The system block is the story string: `{{#if system}}` system prefix, `{{system}}`, system suffix and
+  separator `{{/if}}`; the System Prompt preset holds the training system prompt written with macros
+  (`sillytavern_roster`): `{{user}}` and `{{persona}}` (the user's persona: the human's character and its
+  uniform sheet), `{{description}}` (the group's member cards joined with a prefix and suffix the group
+  sets). With the system prompt switched off nothing is emitted, as training renders an empty one.
+- Names: `Name: ` before the text (`{name}: `, content or header placement) is SillyTavern's
+  `names_behavior: "always"`; any other name template goes into the sequences as `{{name}}` with
+  `names_behavior: "none"`, and `last_output_sequence` is the output sequence without its trailing
+  spaces, so the generation line ends as `generation_prompt` does (the space belongs to the reply's first
+  token).
+- Narrator messages (`/sys`) use the system sequence: it is the user prefix plus the nameless name slot
+  and the user terminator, the way training renders an out-of-character turn (a nameless user turn).
+- Stop strings: SillyTavern splits the stop sequence (and each role sequence) on newlines, one stop
+  string per non-blank line (`getInstructStoppingSequences`). The stop sequence holds the format's stop
+  strings, its terminators (so `[/INST]` ends a reply instead of being stored in it) and its role
+  prefixes without names (a custom name template puts the speaker's name into SillyTavern's own role
+  stop strings, which would then catch only that speaker's header).
+- `bind_to_context` is left out: a preset that names it switches the user's own setting when selected.
+  `activation_regex` matches the model name, so the instruct preset selects itself.
+- The sampler preset carries the model card's temperature and min_p, no penalties, the format's BOS
+  (`add_bos_token`), and `skip_special_tokens: false` so that stop strings made of special tokens are seen.
+- EOS: `every_turn` formats append the EOS text to every suffix; `last` has no counterpart (a chat never
+  ends) and is said in the notes.
+- Jinja formats are expressed when a prefix/suffix format with `Name: ` names renders the same text on a
+  probe conversation (system prompt, named and nameless user turns, consecutive model turns); otherwise
+  they cannot be, and the notes say why.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
-from gcrp_assets.lib.formats.chat_format import ChatFormat, get_format
+import jinja2
 
-FIRST, LAST = 1, 2
+from gcrp_assets.lib.formats.chat_format import ChatFormat, get_format, render
+from gcrp_assets.lib.formats.sillytavern_roster import RosterTranslation, roster_translation
 
-_STORY_FIELDS = ("{{#if system}}{{system}}\n{{/if}}{{#if wiBefore}}{{wiBefore}}\n{{/if}}"
-                 "{{#if description}}{{description}}\n{{/if}}{{#if personality}}{{char}}'s personality: "
-                 "{{personality}}\n{{/if}}{{#if scenario}}Scenario: {{scenario}}\n{{/if}}"
-                 "{{#if wiAfter}}{{wiAfter}}\n{{/if}}{{#if persona}}{{persona}}\n{{/if}}{{trim}}")
+# File names written by `write_presets`, in this order.
+MASTER = "sillytavern-master.json"
+INSTRUCT = "sillytavern-instruct.json"
+CONTEXT = "sillytavern-context.json"
+SYSPROMPT = "sillytavern-sysprompt.json"
+TEXTGEN = "sillytavern-textgen.json"
+# SillyTavern replaces these in sequences and the story string (`macros.js evaluateMacros`, legacy tags).
+_LEGACY_TAGS = re.compile(r"<(?:USER|BOT|CHAR|CHARIFNOTGROUP|GROUP)>", re.I)
 
 
-def _fmt(fmt: ChatFormat | str) -> ChatFormat:
-    fmt = get_format(fmt) if not isinstance(fmt, ChatFormat) else fmt
-    if fmt.is_jinja:
-        raise ValueError(f"format {fmt.name!r} is a Jinja chat template; SillyTavern presets need a built-in "
-                         "or YAML format (prefix/suffix sequences)")
-    return fmt
+@dataclass(frozen=True)
+class SillyTavernPresets:
+    """The presets of one format (None where not written) and what the model card must say about them."""
+
+    name: str
+    instruct: dict | None
+    context: dict | None
+    sysprompt: dict | None
+    textgen: dict | None
+    roster: RosterTranslation | None
+    cannot_express: list[str] = field(default_factory=list)  # why no presets were written (empty: written)
+    differences: list[str] = field(default_factory=list)     # what SillyTavern does differently, documented
+
+    @property
+    def written(self) -> bool:
+        return self.instruct is not None
+
+    def master(self) -> dict:
+        """The Master Import file: every preset in one JSON object."""
+        sections = {"instruct": self.instruct, "context": self.context, "sysprompt": self.sysprompt,
+                    "preset": self.textgen}
+        return {key: value for key, value in sections.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class PresetFiles:
+    """What `write_presets` wrote (file name → path; empty when the format cannot be expressed) and the notes."""
+
+    paths: dict[str, Path]
+    presets: SillyTavernPresets
+
+    @property
+    def notes(self) -> list[str]:
+        return self.presets.cannot_express + self.presets.differences
+
+
+# --------------------------------------------------------------------------------------------
+# The format as SillyTavern sequences
+
+
+def sequence_format(fmt: ChatFormat) -> tuple[ChatFormat | None, str | None]:
+    """`fmt` as a prefix/suffix format, or (None, why not). A Jinja format qualifies when a prefix/suffix
+    format with `Name: ` names (its probed sequences) renders the same text on a probe conversation."""
+    if not fmt.is_jinja:
+        return fmt, None
+    candidate = replace(fmt, jinja=None, eos_policy="none", names="content", name_template="{name}: ",
+                        nameless="")
+    probe = {"sample_id": "probe", "system": "Rules.", "turns": [
+        {"role": "user", "name": "Ann", "text": "Hello."}, {"role": "user", "name": None, "text": "(OOC: brb)"},
+        {"role": "model", "name": "Bo", "text": "Hi."}, {"role": "model", "name": "Cy", "text": "Hey."},
+        {"role": "user", "name": "Ann", "text": "Bye."}]}
+    try:
+        same = render(probe, fmt, "<s>", eos_token="</s>").text == render(probe, candidate, "<s>", eos_token="</s>").text
+    except ValueError as exc:
+        return None, f"its chat template cannot render a group chat: {exc}"
+    if not same:
+        return None, ("its Jinja chat template is not a fixed prefix/suffix per role with `Name: ` before the text, "
+                      "which is all SillyTavern's instruct sequences can say")
+    return candidate, None
 
 
 def _names(fmt: ChatFormat) -> tuple[str, str]:
-    """(names_behavior, name part of the sequences)."""
+    """(names_behavior, the name slot written into the sequences)."""
     if fmt.names == "none":
         return "none", fmt.nameless
     if fmt.name_template == "{name}: ":
@@ -60,206 +132,199 @@ def _names(fmt: ChatFormat) -> tuple[str, str]:
     return "none", fmt.name_template.replace("{name}", "{{name}}")
 
 
-def instruct_preset(fmt: ChatFormat | str, *, eos_token: str | None = None) -> dict:
-    """SillyTavern instruct template for `fmt` (keys as in SillyTavern 1.12)."""
-    fmt = _fmt(fmt)
-    behavior, name_part = _names(fmt)
-    eos = ""
-    if fmt.eos_policy == "every_turn":
-        eos = fmt.eos_token or eos_token or ""
-        if not eos:
-            raise ValueError(f"format {fmt.name!r} ends every turn with EOS: pass eos_token (its text)")
+def _eos(fmt: ChatFormat, eos_token: str | None) -> str:
+    return (fmt.eos_token or eos_token or "") if fmt.eos_policy == "every_turn" else ""
+
+
+def _stop_lines(fmt: ChatFormat, eos_token: str | None) -> list[str]:
+    """The format's stop strings, terminators and role prefixes, one non-blank line each (as SillyTavern
+    splits them)."""
+    candidates = [*fmt.stop_strings, fmt.suffix("model"), fmt.suffix("user"), fmt.system_suffix,
+                  fmt.role_prefix["user"], fmt.role_prefix["model"], fmt.system_prefix]
+    if fmt.eos_policy in ("every_turn", "last"):
+        candidates.append(fmt.eos_token or eos_token or "")
+    lines = [line for text in candidates for line in text.split("\n") if line.strip()]
+    return list(dict.fromkeys(lines))
+
+
+def js_regex_literal(text: str) -> str:
+    """`/text/i` with the regular-expression characters escaped (SillyTavern's `regexFromString`)."""
+    return "/" + re.sub(r"[.*+?^${}()|[\]\\/]", lambda m: "\\" + m.group(0), text) + "/i"
+
+
+def instruct_preset(fmt: ChatFormat | str, *, eos_token: str | None = None, model_name: str | None = None) -> dict:
+    """SillyTavern instruct template for `fmt` (keys as in SillyTavern 1.12.6); `ValueError` when the
+    format cannot be expressed (`build_presets` says why instead of raising)."""
+    fmt = _sequences_or_raise(fmt)
+    behavior, slot = _names(fmt)
+    eos = _eos(fmt, eos_token)
+    if fmt.eos_policy == "every_turn" and not eos:
+        raise ValueError(f"format {fmt.name!r} ends every turn with EOS: pass eos_token (its text)")
     sep = fmt.separator
+    output = fmt.role_prefix["model"] + slot
+    name = model_name or f"gcrp-{fmt.name}"
     return {
-        "name": f"gcrp-{fmt.name}",
-        "input_sequence": sep + fmt.role_prefix["user"] + name_part,
-        "input_suffix": fmt.suffix("user") + eos,
-        "output_sequence": sep + fmt.role_prefix["model"] + name_part,
-        "output_suffix": fmt.suffix("model") + eos,
-        "system_sequence": sep + fmt.system_prefix,
-        "system_suffix": fmt.system_suffix,
+        "name": name,
+        "input_sequence": fmt.role_prefix["user"] + slot,
+        "input_suffix": fmt.suffix("user") + eos + sep,
+        "output_sequence": output,
+        "output_suffix": fmt.suffix("model") + eos + sep,
+        "system_sequence": fmt.role_prefix["user"] + fmt.nameless,
+        "system_suffix": fmt.suffix("user") + eos + sep,
         "last_system_sequence": "",
         "system_sequence_prefix": "",
         "system_sequence_suffix": "",
         "first_input_sequence": "",
         "last_input_sequence": "",
         "first_output_sequence": "",
-        "last_output_sequence": "",
-        "stop_sequence": "\n".join(fmt.stop_strings),
+        "last_output_sequence": output.rstrip(" ") if behavior == "none" and output.endswith(" ") else "",
+        "stop_sequence": "\n".join(_stop_lines(fmt, eos_token)),
         "user_alignment_message": "",
         "system_same_as_user": False,
         "wrap": False,
         "macro": True,
         "names_behavior": behavior,
         "skip_examples": False,
-        "activation_regex": "",
-        "bind_to_context": False,
+        "activation_regex": js_regex_literal(name),
     }
 
 
-def context_preset(fmt: ChatFormat | str) -> dict:
-    """SillyTavern context template for `fmt`: the story string is the format's system block."""
-    fmt = _fmt(fmt)
+def context_preset(fmt: ChatFormat | str, *, model_name: str | None = None) -> dict:
+    """SillyTavern context template for `fmt`: the story string is the format's system block around
+    `{{system}}`, emitted only when there is a system prompt."""
+    fmt = _sequences_or_raise(fmt)
     return {
-        "name": f"gcrp-{fmt.name}",
-        "story_string": fmt.system_prefix + _STORY_FIELDS + fmt.system_suffix,
+        "name": model_name or f"gcrp-{fmt.name}",
+        "story_string": ("{{#if system}}" + fmt.system_prefix + "{{system}}" + fmt.system_suffix + fmt.separator
+                         + "{{/if}}"),
         "example_separator": "",
         "chat_start": "",
         "use_stop_strings": False,
         "allow_jailbreak": False,
-        "names_as_stop_strings": fmt.names != "header",
+        "names_as_stop_strings": fmt.names != "header",  # Herrsimian's card: the backend may crop on names
         "always_force_name2": True,
         "trim_sentences": False,
         "single_line": False,
     }
 
 
-def stop_strings(fmt: ChatFormat | str, names: Iterable[str] = ()) -> list[str]:
-    """The stop strings SillyTavern sends with these presets (`getStoppingStrings`): `\\n{Name}:` for
-    the given participants when names are stop strings, then each non-blank line of the stop and
-    role sequences."""
-    fmt = _fmt(fmt)
-    instruct, context = instruct_preset(fmt, eos_token="\x00"), context_preset(fmt)
-    result: list[str] = []
-    if context["names_as_stop_strings"]:
-        result += [f"\n{name}:" for name in names]
-    keys = ("stop_sequence", "input_sequence", "output_sequence", "first_output_sequence",
-            "last_output_sequence", "system_sequence", "last_system_sequence")
-    combined = "\n".join(instruct[k].replace("{{name}}", "") for k in keys)
-    for line in combined.split("\n"):
-        if line.strip():
-            result.append("\n" + line if instruct["wrap"] else line)
-    return list(dict.fromkeys(result))
+def sysprompt_preset(roster: RosterTranslation, *, name: str) -> dict:
+    """SillyTavern System Prompt preset: the training system prompt written with macros."""
+    return {"name": name, "content": roster.system_prompt}
 
 
-# --------------------------------------------------------------------------------------------
-# SillyTavern's assembly
+def textgen_preset(fmt: ChatFormat, sampling: dict, *, name: str) -> dict:
+    """A Text Completion preset with the model card's sampling: temperature and min_p, nothing else
+    truncating or penalising (penalties would hit the turn markers)."""
+    return {
+        "name": name, "temp": sampling["temperature"], "temperature_last": True, "top_p": 1, "top_k": 0,
+        "top_a": 0, "tfs": 1, "epsilon_cutoff": 0, "eta_cutoff": 0, "typical_p": 1, "min_p": sampling["min_p"],
+        "rep_pen": 1, "rep_pen_range": 0, "rep_pen_decay": 0, "rep_pen_slope": 1, "no_repeat_ngram_size": 0,
+        "penalty_alpha": 0, "num_beams": 1, "length_penalty": 1, "min_length": 0, "encoder_rep_pen": 1,
+        "freq_pen": 0, "presence_pen": 0, "skew": 0, "do_sample": True, "early_stopping": False,
+        "dynatemp": False, "smoothing_factor": 0, "dry_multiplier": 0, "mirostat_mode": 0,
+        "add_bos_token": fmt.add_bos, "ban_eos_token": False, "skip_special_tokens": False,
+        "ignore_eos_token": False,
+    }
 
 
-_HB_TOKEN = re.compile(r"\{\{(#if\s+\w+|else|/if|[^{}]*)\}\}")
+def _sequences_or_raise(fmt: ChatFormat | str) -> ChatFormat:
+    fmt = get_format(fmt)
+    sequences, why = sequence_format(fmt)
+    if sequences is None:
+        raise ValueError(f"format {fmt.name!r} cannot be expressed in SillyTavern: {why}")
+    return sequences
 
 
-def render_story_string(template: str, params: dict) -> str:
-    """The Handlebars subset SillyTavern's story strings use: `{{#if x}}…{{else}}…{{/if}}`
-    (nested), `{{x}}`; `{{trim}}` removes the newlines around it; leading newlines are dropped."""
-    pieces = _HB_TOKEN.split(template)  # text, tag, text, tag, …
+def _literal_problems(fmt: ChatFormat) -> list[str]:
+    """Text of the format that SillyTavern would not keep as written."""
+    problems = []
+    pieces = {"system prefix": fmt.system_prefix, "system suffix": fmt.system_suffix, "separator": fmt.separator,
+              "user prefix": fmt.role_prefix["user"], "model prefix": fmt.role_prefix["model"],
+              "user suffix": fmt.suffix("user"), "model suffix": fmt.suffix("model"),
+              "name template": fmt.name_template, "nameless slot": fmt.nameless}
+    for label, text in pieces.items():
+        if "{{" in text.replace("{name}", "") or _LEGACY_TAGS.search(text):
+            problems.append(f"its {label} {text!r} holds `{{{{` or a tag SillyTavern replaces as a macro")
+    if fmt.system_prefix.startswith("\n"):
+        problems.append("its system prefix starts with a newline, which SillyTavern strips from the story string")
+    if fmt.system_prefix.endswith("\\"):
+        problems.append("its system prefix ends with a backslash, which escapes the story string's {{system}}")
+    return problems
 
-    def block(i: int, stop: tuple[str, ...]) -> tuple[str, int]:
-        out = []
-        while i < len(pieces):
-            if i % 2 == 0:
-                out.append(pieces[i])
-                i += 1
+
+def build_presets(fmt: ChatFormat | str, *, sampling: dict, eos_token: str | None = None,
+                  model_name: str | None = None, system_template: jinja2.Template | None = None) -> SillyTavernPresets:
+    """Every preset for `fmt`, or none and the reasons (`cannot_express`); never raises for a format."""
+    original = get_format(fmt)
+    name = model_name or f"gcrp-{original.name}"
+    fmt, why = sequence_format(original)
+    reasons = [why] if why else []
+    if fmt is not None:
+        reasons += _literal_problems(fmt)
+        if fmt.eos_policy == "every_turn" and not (fmt.eos_token or eos_token):
+            reasons.append("it ends every turn with an EOS whose text is unknown (no eos_token)")
+    if reasons:
+        return SillyTavernPresets(name, None, None, None, None, None,
+                                  [f"Format `{original.name}` cannot be expressed in SillyTavern: {r}." for r in reasons])
+    if system_template is None:
+        from gcrp_assets.lib.prompts.samples import load_system_template
+        system_template = load_system_template()
+    roster, roster_why = roster_translation(system_template)
+    differences = differences_of(fmt)
+    if roster is None:
+        differences.insert(0, f"No System Prompt preset: {roster_why}; paste the training system prompt into "
+                              "SillyTavern's System Prompt by hand.")
+    return SillyTavernPresets(
+        name=name,
+        instruct=instruct_preset(fmt, eos_token=eos_token, model_name=name),
+        context=context_preset(fmt, model_name=name),
+        sysprompt=sysprompt_preset(roster, name=name) if roster else None,
+        textgen=textgen_preset(fmt, sampling, name=name),
+        roster=roster,
+        differences=differences,
+    )
+
+
+def differences_of(fmt: ChatFormat) -> list[str]:
+    """What SillyTavern's prompt does differently from the training render, for the model card."""
+    out = []
+    if fmt.add_bos:
+        out.append("BOS: the backend adds it (the sampler preset turns on `add_bos_token`); it is not in the "
+                   "prompt text.")
+    if fmt.eos_policy == "last":
+        out.append(f"Training ends the sample's final turn with EOS ({fmt.eos_token or 'the EOS token'}); a "
+                   "chat in SillyTavern never ends, so no prompt has it.")
+    for stop in fmt.stop_strings:
+        if "\n" in stop.strip("\n") or (stop != stop.strip("\n") and stop.strip()):
+            lines = [line for line in stop.split("\n") if line.strip()]
+            out.append(f"Stop string {stop!r} becomes {', '.join(repr(x) for x in lines)} in SillyTavern (one stop "
+                       "string per line).")
+    behavior, _ = _names(fmt)
+    if behavior == "none" and fmt.names != "none" and fmt.name_template.endswith(" "):
+        out.append("Continue (extending a reply) writes the speaker's header without the space after the name.")
+    out.append("Sheets are trimmed and macros inside them (`{{user}}`, `{{char}}`, `<USER>`, `<BOT>`) are "
+               "replaced by SillyTavern; a sheet with such text, or with spaces at its ends, differs.")
+    return out
+
+
+def write_presets(folder: Path, fmt: ChatFormat | str, *, sampling: dict, eos_token: str | None = None,
+                  model_name: str | None = None, system_template: jinja2.Template | None = None) -> PresetFiles:
+    """Write the Master Import file and each preset on its own into `folder`; nothing when the format
+    cannot be expressed. Returns the paths written and the presets with their notes; never raises for
+    a format SillyTavern cannot express (the notes say why)."""
+    presets = build_presets(fmt, sampling=sampling, eos_token=eos_token, model_name=model_name,
+                            system_template=system_template)
+    paths: dict[str, Path] = {}
+    if presets.written:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {MASTER: presets.master(), INSTRUCT: presets.instruct, CONTEXT: presets.context,
+                 SYSPROMPT: presets.sysprompt, TEXTGEN: presets.textgen}
+        for file_name, content in files.items():
+            if content is None:
                 continue
-            tag = pieces[i].strip()
-            if tag in stop:
-                return "".join(out), i
-            if tag.startswith("#if"):
-                key = tag[3:].strip()
-                yes, i = block(i + 1, ("else", "/if"))
-                no = ""
-                if pieces[i].strip() == "else":
-                    no, i = block(i + 1, ("/if",))
-                out.append(yes if params.get(key) else no)
-                i += 1
-            elif tag == "trim":
-                out.append("{{trim}}")
-                i += 1
-            else:
-                value = params.get(tag)
-                out.append("" if value is None else str(value))
-                i += 1
-        if stop:
-            raise ValueError(f"story string: unclosed {{{{#if}}}} (expected {stop})")
-        return "".join(out), i
-
-    text, _ = block(0, ())
-    text = re.sub(r"(?:\r?\n)*\{\{trim\}\}(?:\r?\n)*", "", text)
-    return re.sub(r"^\n+", "", text)
-
-
-def _macros(text: str, user: str, char: str) -> str:
-    return text.replace("{{user}}", user).replace("{{char}}", char)
-
-
-def _format_chat(instruct: dict, name: str, mes: str, is_user: bool, is_narrator: bool, force: int | None,
-                 user: str, char: str) -> str:
-    """formatInstructModeChat, in a group chat."""
-    include_names = False if is_narrator else instruct["names_behavior"] == "always"
-    if not is_narrator and instruct["names_behavior"] == "force" and name != user:
-        include_names = True
-    if is_narrator:
-        prefix = instruct["input_sequence"] if instruct["system_same_as_user"] else instruct["system_sequence"]
-        suffix = instruct["input_suffix"] if instruct["system_same_as_user"] else instruct["system_suffix"]
-    elif is_user:
-        prefix = {FIRST: instruct.get("first_input_sequence"), LAST: instruct.get("last_input_sequence")}.get(force)
-        prefix = prefix or instruct["input_sequence"]
-        suffix = instruct["input_suffix"]
-    else:
-        prefix = {FIRST: instruct.get("first_output_sequence"), LAST: instruct.get("last_output_sequence")}.get(force)
-        prefix = prefix or instruct["output_sequence"]
-        suffix = instruct["output_suffix"]
-    prefix, suffix = prefix or "", suffix or ""
-    if instruct.get("macro"):
-        prefix = _macros(prefix, user, char).replace("{{name}}", name or "System")
-        suffix = _macros(suffix, user, char).replace("{{name}}", name or "System")
-    if not suffix and instruct["wrap"]:
-        suffix = "\n"
-    separator = "\n" if instruct["wrap"] else ""
-    parts = [prefix, f"{name}: {mes}" + suffix] if include_names and name else [prefix, mes + suffix]
-    return separator.join(p for p in parts if p)
-
-
-def _format_prompt(instruct: dict, name: str, user: str, char: str) -> str:
-    """formatInstructModePrompt for a normal (not impersonated, not quiet) reply in a group chat."""
-    include_names = bool(name) and instruct["names_behavior"] in ("always", "force")
-    sequence = instruct.get("last_output_sequence") or instruct["output_sequence"] or ""
-    filler = ""
-    if (include_names and instruct.get("last_output_sequence") and instruct["output_sequence"]
-            and sequence == instruct["last_output_sequence"] and instruct["output_sequence"][-1:].isspace()
-            and not instruct["last_output_sequence"][-1:].isspace()):
-        filler = instruct["output_sequence"][-1]
-    if instruct.get("macro"):
-        sequence = _macros(sequence, user, char).replace("{{name}}", name or "System")
-    separator = "\n" if instruct["wrap"] else ""
-    text = separator + sequence + separator + filler + f"{name}:" if include_names else separator + sequence
-    return (text.rstrip() if instruct["wrap"] else text) + ("" if include_names else separator)
-
-
-def assemble_group_chat(instruct: dict, context: dict, system: str, messages: list[dict], *,
-                        speaker: str | None = None, bos_token: str = "", user: str = "", char: str = "",
-                        card: dict | None = None) -> str:
-    """The text completion prompt SillyTavern builds for a group chat from these presets.
-
-    `messages`: `{"role": "user"|"model"|"assistant"|"system", "name", "content"}` (as from
-    `formats.sample_messages`); system messages are narrator messages. `speaker`: append the
-    generation line for that character, as SillyTavern does before generating. `bos_token`: what the
-    backend's "Add BOS token" puts in front. `user`/`char`: `{{user}}`/`{{char}}`; `card`: the other
-    story string fields (description, personality, scenario, persona, wiBefore, wiAfter).
-    """
-    if system:  # formatInstructModeSystemPrompt
-        sep = "\n" if instruct["wrap"] else ""
-        if instruct.get("system_sequence_prefix"):
-            system = instruct["system_sequence_prefix"].replace("{{name}}", "System") + sep + system
-        if instruct.get("system_sequence_suffix"):
-            system = system + sep + instruct["system_sequence_suffix"]
-    params = {"system": system, "char": char, "user": user, **(card or {})}
-    story = _macros(render_story_string(context["story_string"], params), user, char)
-    if story and not story.endswith("\n") and instruct["wrap"]:
-        story += "\n"
-
-    last_user = max((j for j, m in enumerate(messages) if m["role"] == "user"), default=-1)
-    chat = []
-    for j, message in enumerate(messages):
-        is_user, is_narrator = message["role"] == "user", message["role"] == "system"
-        name = message.get("name") or ("" if is_user or is_narrator else char)
-        force = LAST if j == last_user else FIRST if j == 0 else None
-        chat.append(_format_chat(instruct, name, message["content"], is_user, is_narrator, force, user, char))
-    if chat and instruct["wrap"]:
-        chat[-1] = re.sub(r"\n?$", "", chat[-1], count=1)
-    text = "".join(chat)
-    if speaker is not None:
-        text += _format_prompt(instruct, speaker, user, char)
-    if context.get("chat_start"):
-        text = _macros(context["chat_start"] + "\n", user, char) + text
-    return bos_token + story + text
+            path = folder / file_name
+            path.write_text(json.dumps(content, indent=4, ensure_ascii=False) + "\n", "utf-8")
+            paths[file_name] = path
+    return PresetFiles(paths, presets)

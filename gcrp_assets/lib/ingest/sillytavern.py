@@ -47,7 +47,8 @@ Roster (`characters`): the group's member cards in group order, then cards named
 `original_avatar`, then (solo chats) the card of the chat's folder, each with its file as `player`
 and its sheet (`cards.card_sheet`: the card's facts, no instructions); then the persona
 (player `st-user`, sheet = its persona description from the data root's `settings.json`
-`power_user.persona_descriptions`, found by the avatar of its messages or by its name).
+`power_user.persona_descriptions`, or from a persona backup there (`personas.json`: the same keys at the top,
+as Persona Management → Backup writes them), found by the avatar of its messages or by its name).
 
 Records and rejects: every chat file, and every card or group file that could not be used, is one
 record (`DumpContents.lines`). Chats are read line by line with bounded memory
@@ -495,7 +496,12 @@ def _read_group(obj: Any, root: str) -> _Group:
 
 
 def _read_personas(obj: Any) -> _Personas | None:
+    """The personas of a `settings.json` (`power_user.personas`, `.persona_descriptions`), or of a persona
+    backup (Persona Management → Backup/Restore: the same two keys at the top), else None."""
     power_user = obj.get("power_user") if isinstance(obj, dict) else None
+    if not isinstance(power_user, dict) and isinstance(obj, dict) and isinstance(obj.get("personas"), dict) \
+            and isinstance(obj.get("persona_descriptions"), dict):
+        power_user = obj  # a persona backup
     if not isinstance(power_user, dict):
         return None
     personas = _Personas()
@@ -593,10 +599,13 @@ def iter_sillytavern(path: Path, out: DumpContents) -> Iterator[tuple[str, dict]
                 yield reject(file, 1, "invalid_group", f"unreadable group: {exc}", _safe_text(file.path),
                              located=False)
             continue
-        if file.place.area is None and file.name.casefold() == "settings.json":
-            found = _read_personas(obj)
+        if file.place.area is None and isinstance(obj, dict) and (file.name.casefold() == "settings.json"
+                                                                  or "power_user" not in obj):
+            found = _read_personas(obj)  # settings.json, or a persona backup (`personas.json`)
             if found is not None:
-                personas[file.rel.rpartition("/")[0]] = found
+                known = personas.setdefault(file.rel.rpartition("/")[0], _Personas())
+                known.names = {**found.names, **known.names}
+                known.descriptions = {**found.descriptions, **known.descriptions}
                 continue
         if looks_like_card(obj):
             try:

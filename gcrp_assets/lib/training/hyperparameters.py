@@ -36,7 +36,8 @@ class LoraSettings:
 @dataclass(frozen=True)
 class OptimizerSettings:
     """Optimizer, learning-rate schedule, training length and batch geometry."""
-    learning_rate: float = setting(1e-3, "Peak learning rate.")
+    # smoke: 5e-3 x 24 steps, chosen by measurement (benchmarks/smoke_sweep.py; the sweep is in the README).
+    learning_rate: float = setting(5e-3, "Peak learning rate.")
     lr_scheduler: str = setting("cosine", "Any transformers scheduler name (cosine, linear, constant, "
                                           "warmup_stable_decay…).")
     warmup_steps: int = setting(2, "Linear warm-up steps.")
@@ -49,7 +50,7 @@ class OptimizerSettings:
     optim: str = setting("adamw_torch", "transformers optimizer name (adamw_torch, adamw_bnb_8bit, paged_adamw_8bit "
                                         "on a GPU…).")
     num_epochs: float = setting(1.0, "Epochs over the train split (ignored when max_steps > 0).")
-    max_steps: int = setting(16, "Optimizer steps; 0 = use num_epochs.")
+    max_steps: int = setting(24, "Optimizer steps; 0 = use num_epochs.")
     batch_size: int = setting(1, "Per-device micro-batch size (samples).")
     gradient_accumulation_steps: int = setting(1, "Micro-batches per optimizer step (ignored when "
                                                   "global_batch_size > 0).")
@@ -119,8 +120,9 @@ class RunSettings:
     save_total_limit: int = setting(2, "Newest checkpoints kept in the run folder (0 = all).")
     merge: bool = setting(False, "Also write the base model with the adapter merged in (merged/); the base is "
                                  "reloaded unquantized in CPU memory for it.")
-    logging_steps: int = setting(5, "Log the train loss every this many steps.")
-    eval_steps: int = setting(10, "Log the eval loss every this many steps (and at step 0 = the base model); 0 = "
+    logging_steps: int = setting(1, "Log the train loss (a loss-curve point and a progress line) every this many "
+                                    "steps; raise it for runs of thousands of steps.")
+    eval_steps: int = setting(0, "Log the eval loss every this many steps (and at step 0 = the base model); 0 = "
                                   "only at the start and the end.")
 
 
