@@ -21,8 +21,8 @@ Stages, in both modes the same library functions per thread:
 - augmented: `build_samples` (sheets + system prompt) -> samples Parquet (+ the privacy scan).
 
 Modes: `streaming` runs `lib.ingest.stage.run_raw`, `lib.clean.stage.run_filtered` and
-`lib.prompts.stage.run_augmented`, the very functions the Dagster assets call, with `--workers` processes (0 = every
-usable core, as the assets): input read `--batch` threads at a time (`iter_dump`, `iter_batches`), outputs written
+`lib.prompts.stage.run_augmented`, the very functions the Dagster assets call, with `--workers` processes (its own and
+`--workers` - 1 spawned ones; 0 = every usable core, as the assets): input read `--batch` threads at a time (`iter_dump`, `iter_batches`), outputs written
 incrementally (`ParquetWriter`); the state that grows with the corpus is the dedup index (8 bytes per LSH band and
 thread and the thread key in memory, MinHash rows spilled to a file), the thread ids seen and the dump's handle set.
 `baseline` runs the same three functions of the commit `--baseline-ref` (default: the last commit before the data
@@ -33,8 +33,8 @@ output row, then writes one DataFrame. The streaming outputs are checked to be b
 
 Every (size, mode, stage) runs in a fresh spawned process, one after the other; its peak RSS is that process's
 `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the interpreter and imports included, so the floor is the same for
-every row) plus, for the streaming stages, `--workers` times the largest worker's (`RUSAGE_CHILDREN`): an upper
-bound of the memory the stage holds at once. The goal: streaming peak RSS grows at most 30 % from N to 4N.
+every row) plus, for the streaming stages, `--workers` - 1 times the largest spawned worker's (`RUSAGE_CHILDREN`;
+the stage's own process is one of its workers): an upper bound of the memory the stage holds at once. The goal: streaming peak RSS grows at most 30 % from N to 4N.
 """
 
 from __future__ import annotations
@@ -276,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                 stats = run_stage(mode, stage, src, out, args.batch, workers if mode == "streaming" else None,
                                   source if mode == "baseline" else None)
                 stats["workers"] = workers if mode == "streaming" and stage != "raw" else 1
-                stats["total_rss_mb"] = stats["peak_rss_mb"] + (stats["workers"] * stats["worker_rss_mb"]
-                                                                if stats["workers"] > 1 else 0)
+                # The stage's process is one of its `workers` (`parallel.ordered_map`): workers - 1 spawned ones.
+                stats["total_rss_mb"] = stats["peak_rss_mb"] + (stats["workers"] - 1) * stats["worker_rss_mb"]
                 results.append({"n": n, "mode": mode, "stage": stage, **stats})
                 r = results[-1]
                 print(f"  {n:>7} {mode:<9} {stage:<9} in {r['in']:>7} out {r['out']:>7} "

@@ -3,10 +3,11 @@
 import random
 
 import pytest
+import numpy as np
 
 from gcrp_assets.orchestration.resources import packaged_inbox
 from gcrp_assets.lib.clean.cleaning import clean_thread, dump_scrubber
-from gcrp_assets.lib.clean.dedup import (DedupConfig, SignatureStore, cross_dump_duplicates,
+from gcrp_assets.lib.clean.dedup import (MINHASH_SEED, DedupConfig, Permutations, SignatureStore, cross_dump_duplicates,
                                          drop_cross_dump_duplicates, find_duplicates, lsh_params, normalize)
 from gcrp_assets.lib.ingest.dumps import find_dumps, read_dump
 from tools.sample_corpus import generate
@@ -38,6 +39,23 @@ def _edit(text: str, n: int, seed: int = 0) -> str:
 
 def test_lsh_bands_match_datasketch_defaults():
     assert lsh_params(0.8, 128) == (9, 13)
+
+
+@pytest.mark.parametrize("num_perm", [2, 128, 200])
+def test_minhash_equals_datasketch(num_perm):
+    """`Permutations` is datasketch 2's default MinHash (affine32) written with numpy: same permutations for the
+    seed, same signature for any set of 32-bit hashes, including sets longer than one chunk and the empty set."""
+    from datasketch import MinHash
+
+    rng = np.random.default_rng(num_perm)
+    ours = Permutations.draw(num_perm, seed=MINHASH_SEED)
+    for n in (0, 1, 7, 5000, 9000):
+        hashes = rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32)
+        theirs = MinHash(num_perm=num_perm, seed=MINHASH_SEED, hashfunc=int)
+        assert theirs.scheme == "affine32"
+        theirs.update_batch(hashes.tolist())
+        assert np.array_equal(ours.a, theirs.permutations[0]) and np.array_equal(ours.b, theirs.permutations[1])
+        assert np.array_equal(ours.minhash(hashes), theirs.hashvalues), n
 
 
 def test_exact_duplicates_ignore_case_spacing_and_punctuation():

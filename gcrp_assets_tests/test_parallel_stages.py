@@ -5,7 +5,10 @@ exactly what the slow path gives."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -67,8 +70,22 @@ def test_ordered_map_keeps_order_and_bounds_work_in_flight():
 
     results = parallel.ordered_map(abs, items(), workers=2)
     assert next(results) == 0
-    assert len(pulled) <= 2 * 2 + 1  # a window of 2 x workers batches, not the whole input
+    assert len(pulled) <= parallel.WINDOW * 2 + 1  # a window of WINDOW x workers batches, not the whole input
     assert list(results) == list(range(1, 40))
+
+
+def _slow_pid(i: int) -> tuple[int, int]:
+    time.sleep(0.02)
+    return i, os.getpid()
+
+
+def test_this_process_works_while_the_workers_do():
+    """`workers = 2`: this process and one spawned worker share the items (this one starts at once, while the
+    worker is still importing), and the results come back in input order."""
+    results = list(parallel.ordered_map(_slow_pid, range(60), workers=2))
+    assert [i for i, _ in results] == list(range(60))
+    pids = Counter(pid for _, pid in results)
+    assert len(pids) == 2 and pids[os.getpid()] >= 10 and min(pids.values()) >= 5, pids
 
 
 def test_worker_count():
@@ -135,3 +152,32 @@ def test_signatures_signed_elsewhere_resolve_the_same():
         direct.add(*key, text=text)
     signed.add_signed(keys, signatures_array([signer.sign_text(t) for t in texts], signer))
     assert direct.resolve() == signed.resolve() and direct.resolve()
+
+
+def test_markup_gates_change_nothing():
+    """The BBCode rules gated by the tag names present, the emphasis repair gated by `_GLUED_*` and the `_GROUP_1`
+    replacement give what the ungated rules give, on random texts built from the pieces that matter."""
+    def ungated_bbcode(text: str) -> str:
+        for pattern, replacement in markup._BBCODE_RULES:
+            text = pattern.sub(replacement, text)
+        return text
+
+    def ungated_emphasis(text: str) -> str:
+        return markup._unglue(markup._ITALIC_SPAN, markup._unglue(markup._BOLD_SPAN, text))
+
+    rng = random.Random(11)
+    changed = {"bbcode": 0, "emphasis": 0}
+    tags = ["[b]", "[/b]", "[B]", "[i]", "[/I]", "[u]", "[/u]", "[url]", "[/url]", "[url=x]", "[img]", "[/img]",
+            "[quote=Bob]", "[/quote]", "[*]", "[list]", "[td]", "[code]", "[hr]", "[font=Arial]", "[size=3]",
+            "[/color]", "[", "/", "url]", "b]", "[/", "[[", "]", "ſ", "bold", " ", "\n", "<br>", "x"]
+    marks = ["*", "**", "***", "a", "é", "漢", "1", "_", " ", "\n", ".", "smiles", "²", "\u3000", "-"]
+    for _ in range(4000):
+        text = "".join(rng.choice(tags) for _ in range(rng.randint(1, 12)))
+        assert markup.bbcode_to_html(text) == ungated_bbcode(text), text
+        changed["bbcode"] += ungated_bbcode(text) != text
+        text = "".join(rng.choice(marks) for _ in range(rng.randint(1, 14)))
+        assert markup.fix_glued_emphasis(text) == ungated_emphasis(text), text
+        changed["emphasis"] += ungated_emphasis(text) != text
+    assert min(changed.values()) > 100, changed  # the rules did work on many of them
+    assert markup.bbcode_to_html("[[u]url]http://x[/url]") == ""  # a tag made by removing another one
+    assert markup._SERIALIZED_BREAK.sub(markup._GROUP_1, "a<br />\nb</p> \nc") == "a<br />b</p>c"

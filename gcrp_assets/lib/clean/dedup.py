@@ -4,7 +4,8 @@ A thread's text for deduplication is its turns' text, joined. Two tests, in this
 
 - exact: the same *normalized* text (case-folded, every run of non-word characters one space),
   by a 64-bit prefix of its SHA-256 -> reason `exact_duplicate`;
-- near: MinHash (datasketch, `minhash_permutations` permutations, fixed seed) over word shingles of
+- near: MinHash (datasketch 2's `affine32` scheme, `minhash_permutations` permutations, fixed seed; computed by
+  `Permutations`, checked against datasketch in the tests) over word shingles of
   `shingle_words` words (hashed by `shingle_hashes`); candidate pairs come from LSH banding (bands and rows chosen like
   datasketch's `MinHashLSH` for `near_duplicate_threshold`); a candidate is a duplicate when the
   MinHash-estimated Jaccard similarity is at least `near_duplicate_threshold` -> reason `near_duplicate`.
@@ -39,7 +40,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from datasketch import MinHash
 
 _WORDS = re.compile(r"\w+")
 _CHUNK = 4096
@@ -179,28 +179,53 @@ class Signature:
     bands: np.ndarray     # uint64[bands]
 
 
+@dataclass(frozen=True)
+class Permutations:
+    """MinHash as datasketch 2 computes it by default (`MinHash(num_perm, seed)`, scheme `affine32`): each 32-bit
+    input hash is mixed by MurmurHash3's finalizer, then mapped by `a * h + b mod 2^32` for every permutation
+    (odd `a`), and the signature is the minimum per permutation. Written here with numpy over a whole shingle
+    array because importing datasketch imports scipy (0.4 s in every spawned worker process) and its
+    `update_batch` converts its input element by element; `test_dedup` checks permutations and signatures
+    against datasketch's own `MinHash`."""
+    a: np.ndarray  # uint32[num_perm], odd
+    b: np.ndarray  # uint32[num_perm]
+
+    @classmethod
+    def draw(cls, num_perm: int, seed: int = MINHASH_SEED) -> "Permutations":
+        gen = np.random.RandomState(seed)  # datasketch's draws, in its order
+        a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+        return cls(a, b)
+
+    def minhash(self, hashes: np.ndarray) -> np.ndarray:
+        """uint32[num_perm]: the MinHash of a set of 32-bit hashes (all ones when there are none)."""
+        if not len(hashes):
+            return np.full(len(self.a), np.uint32(0xFFFFFFFF), np.uint32)
+        h = hashes.astype(np.uint32, copy=True)
+        h ^= h >> np.uint32(16)
+        h *= np.uint32(0x85EBCA6B)
+        h ^= h >> np.uint32(13)
+        h *= np.uint32(0xC2B2AE35)
+        h ^= h >> np.uint32(16)
+        # In chunks: shingles x permutations x 4 bytes stays a few MiB however long the thread.
+        return np.minimum.reduce([(h[i:i + _CHUNK, None] * self.a + self.b).min(axis=0)
+                                  for i in range(0, len(h), _CHUNK)])
+
+
 class Signer:
     """Signatures of texts for one DedupConfig; the MinHash permutations are drawn once."""
 
     def __init__(self, config: DedupConfig = DedupConfig()):
         self.config = config
         self.bands, self.rows = lsh_params(config.near_duplicate_threshold, config.minhash_permutations)
-        self._template = MinHash(num_perm=config.minhash_permutations, seed=MINHASH_SEED)
-        # One MinHash, cleared for each text (building one parses the permutations again). The shingles are
-        # already hashed: `int` (a builtin, cheap per element) passes them through unchanged.
-        self._minhash = MinHash(num_perm=config.minhash_permutations, seed=MINHASH_SEED, hashfunc=int,
-                                permutations=self._template.permutations, scheme=self._template.scheme)
+        self.permutations = Permutations.draw(config.minhash_permutations)
 
     def sign_text(self, text: str) -> Signature:
         words = _WORDS.findall(text.casefold())  # `normalize`, kept as words for the shingles
         if not words:
             return Signature(0, np.zeros(self.config.minhash_permutations, np.uint32), np.zeros(self.bands, np.uint64))
         exact = exact_hash(" ".join(words)) or 1
-        m = self._minhash
-        m.clear()
-        # Python ints: datasketch hashes a batch element by element, and numpy scalars are slow to iterate.
-        m.update_batch(shingle_hashes(words, self.config.shingle_words).tolist())
-        values = np.asarray(m.hashvalues, dtype=np.uint32)
+        values = self.permutations.minhash(shingle_hashes(words, self.config.shingle_words))
         bands = np.fromiter(
             (int.from_bytes(hashlib.blake2b(values[i * self.rows:(i + 1) * self.rows].tobytes(),
                                             digest_size=8).digest(), "big")

@@ -30,6 +30,7 @@ Then a few conservative text repairs, each a small function with its own golden 
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 
 import ftfy
 from selectolax.lexbor import LexborHTMLParser, LexborNode
@@ -39,8 +40,11 @@ _BBCODE_TAG = re.compile(r"\[/?(?:b|i|u|s|em|strong|quote|url|img|color|size|fon
 
 # BBCode tag -> HTML. Order matters only for readability; each rule is independent.
 _BBCODE_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"\[(/?)(b|strong)\]", re.I), r"<\1b>"),
-    (re.compile(r"\[(/?)(i|em)\]", re.I), r"<\1i>"),
+    # Literal replacements (no `\1` template expanded in Python for each of the many bold and italic tags).
+    (re.compile(r"\[(?:b|strong)\]", re.I), "<b>"),
+    (re.compile(r"\[/(?:b|strong)\]", re.I), "</b>"),
+    (re.compile(r"\[(?:i|em)\]", re.I), "<i>"),
+    (re.compile(r"\[/(?:i|em)\]", re.I), "</i>"),
     (re.compile(r"\[/?(u|s|center|left|right|indent|font(=[^\]]*)?|size(=[^\]]*)?|color(=[^\]]*)?)\]", re.I), ""),
     (re.compile(r"\[quote(=[^\]]*)?\]", re.I), "<blockquote>"),
     (re.compile(r"\[/quote\]", re.I), "</blockquote>"),
@@ -59,13 +63,14 @@ _BBCODE_RULES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 # For each of `_BBCODE_RULES`: lowercase substrings one of which every match of the rule holds.
-_BBCODE_NEEDLES: list[tuple[str, ...]] = [
-    ("b]", "strong]"), ("i]", "em]"),
-    ("u]", "s]", "center]", "left]", "right]", "indent]", "font", "size", "color"),
-    ("[quote",), ("[/quote]",), ("[spoiler",), ("[/spoiler]",), ("[img",), ("[url=",), ("[url]",), ("[/url]",),
-    ("[list",), ("[/list]",), ("[*]",), ("table]", "tr]", "td]", "th]"), ("code]",), ("[hr]",),
-]
-assert len(_BBCODE_NEEDLES) == len(_BBCODE_RULES)
+# The tag names each rule can match (the name after `[` or `[/`, lowercased): a rule runs only on a text holding one.
+_BBCODE_NAMES: list[frozenset[str]] = [frozenset(names.split()) for names in (
+    "b strong", "b strong", "i em", "i em", "u s center left right indent font size color", "quote", "quote", "spoiler", "spoiler", "img",
+    "url", "url", "url", "list", "list", "*", "table tr td th", "code", "hr")]
+_BBCODE_NAME = re.compile(r"\[/?([a-z]+|\*)")
+assert len(_BBCODE_NAMES) == len(_BBCODE_RULES)
+# `sub(_GROUP_1, …)` = `sub(r"\1", …)` without expanding a template in Python for every match.
+_GROUP_1 = itemgetter(1)
 
 _DROP_TAGS = {"blockquote", "script", "style", "img", "iframe", "noscript", "head", "title", "video", "audio",
               "source", "object", "embed", "svg", "picture", "template"}
@@ -130,6 +135,10 @@ _ATTRIBUTE_DEBRIS = re.compile(r"[ \t]*\b(?:class|style|data-[\w-]+)=(?:\"[^\"\n
 
 _BOLD_SPAN = re.compile(r"\*\*(?=[^\s*])[^*\n]+?(?<=[^\s*])\*\*")
 _ITALIC_SPAN = re.compile(r"(?<!\*)\*(?=[^\s*])[^*\n]+?(?<=[^\s*])\*(?!\*)")
+# `[^\W\d_]` (a word character that is no digit nor `_`) holds every letter `_spaced_letter` accepts.
+# (The marker comes first in each pattern: the engine then looks for that literal, fast.)
+_GLUED_BOLD = re.compile(r"\*\*(?:(?<=[^\W\d_]\*\*)[^\s*]|(?<=[^\s*]\*\*)[^\W\d_])")
+_GLUED_ITALIC = re.compile(r"\*(?:(?<=[^\W\d_]\*)[^\s*]|(?<=[^\s*]\*)[^\W\d_])")
 _PUNCT_RUN = re.compile(r"([.!?*\-])\1{3,}")
 _PUNCT_RUNS = ("....", "!!!!", "????", "****", "----")  # one of them is in every `_PUNCT_RUN` match
 _GLUED_SENTENCE = re.compile(r"[.!?]+(?=[A-Z][a-z])")
@@ -148,13 +157,14 @@ def bbcode_to_html(text: str) -> str:
         for pattern, replacement in _BBCODE_RULES:
             text = pattern.sub(replacement, text)
         return text
-    low = text.lower()
-    for (pattern, replacement), needles in zip(_BBCODE_RULES, _BBCODE_NEEDLES):
-        # A rule can only match a text holding one of its needles (the text as it is now, lowercased).
-        if any(needle in low for needle in needles):
+    # A rule can only match a text holding one of its tag names (read again after a change: removing `[u]` from
+    # `[[u]url]` makes a new tag).
+    present = set(_BBCODE_NAME.findall(text.lower()))
+    for (pattern, replacement), names in zip(_BBCODE_RULES, _BBCODE_NAMES):
+        if not names.isdisjoint(present):
             changed = pattern.sub(replacement, text)
-            if changed is not text:
-                text, low = changed, changed.lower()
+            if changed != text:
+                text, present = changed, set(_BBCODE_NAME.findall(changed.lower()))
     return text
 
 
@@ -300,7 +310,7 @@ def remove_urls(text: str) -> str:
     """Bare URLs and Markdown images out; Markdown links keep their words."""
     if "](" in text:
         text = _MD_IMAGE.sub("", text)
-        text = _MD_LINK.sub(r"\1", text)
+        text = _MD_LINK.sub(_GROUP_1, text)
     if "://" in text or "www." in text or "WWW." in text:
         text = _URL.sub("", text)
     if "=" in text:
@@ -348,9 +358,11 @@ def fix_glued_emphasis(text: str) -> str:
     """A space between a word and emphasis glued to it: `**Run**now` -> `**Run** now`."""
     if "*" not in text:
         return text
-    if "**" in text:  # every `_BOLD_SPAN` match holds one
+    # A span is changed only when a letter touches it from outside: a letter, its opening marker and the span's
+    # first character, or the span's last character, its closing marker and a letter (`_GLUED_*`, supersets).
+    if "**" in text and _GLUED_BOLD.search(text):
         text = _unglue(_BOLD_SPAN, text)
-    return _unglue(_ITALIC_SPAN, text)
+    return _unglue(_ITALIC_SPAN, text) if _GLUED_ITALIC.search(text) else text
 
 
 def cap_punctuation_runs(text: str, limit: int = 3) -> str:
@@ -390,7 +402,7 @@ def to_text(raw: str | None, counts: dict[str, int] | None = None) -> str:
         # A literal newline in a forum post is a line break the author typed, whatever the markup; one that
         # follows a <br> or a block tag is how the forum software serialized that break (XenForo writes
         # `<br />\n`), not a second one.
-        html = _SERIALIZED_BREAK.sub(r"\1", bbcode_to_html(text).replace("\r\n", "\n")).replace("\n", "<br>")
+        html = _SERIALIZED_BREAK.sub(_GROUP_1, bbcode_to_html(text).replace("\r\n", "\n")).replace("\n", "<br>")
         tree = LexborHTMLParser(f"<div>{html}</div>")
         root = tree.body
         text = "".join([_render(child) for child in root.iter(include_text=True)]) if root else ""

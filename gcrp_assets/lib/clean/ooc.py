@@ -35,7 +35,7 @@ _TAG_LINE_MAX_WORDS = 8
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 _GONE = "\x00"
 _SPACES = re.compile(r"[ \t]{2,}")
-_SPACE_BEFORE_PUNCT = re.compile(r"[ \t]+([,.;:!?])")
+_SPACE_BEFORE_PUNCT = re.compile(r"[ \t]+(?=[,.;:!?])")  # replaced by "": no template to expand per match
 _WRAPPERS = [
     re.compile(r"^\(\((.*)\)\)$", re.S),
     re.compile(r"^\[\[(.*)\]\]$", re.S),
@@ -85,7 +85,7 @@ def split_ooc(text: str) -> OocSplit:
         cleaned = _SPACES.sub(" ", cleaned)
     if ("\t" in cleaned or " ," in cleaned or " ." in cleaned or " ;" in cleaned or " :" in cleaned or " !" in cleaned
             or " ?" in cleaned):
-        cleaned = _SPACE_BEFORE_PUNCT.sub(r"\1", cleaned)
+        cleaned = _SPACE_BEFORE_PUNCT.sub("", cleaned)
     lines = [line.strip() for line in cleaned.split("\n") if line.strip() != _GONE]
     cleaned = "\n".join(lines)
     if "\n\n\n" in cleaned:

@@ -2,9 +2,10 @@
 
 A stage reads its input Parquet file `batch` rows at a time (`numbered_batches`) and hands each batch to a job: a
 picklable callable that turns one batch into one result. `ordered_map` runs the job in this process
-(`workers` <= 1) or in a pool of spawned worker processes, and yields the results in input order either way, so a
-stage that merges them in that order writes the same bytes whatever the number of workers. At most
-`2 × workers` batches are in flight, so memory is bounded by the batch size, not by the dump.
+(`workers` <= 1) or in this process and `workers - 1` spawned worker processes (this one takes a batch whenever
+the next result is not ready), and yields the results in input order either way, so a stage that merges them in
+that order writes the same bytes whatever the number of workers. At most `WINDOW × workers` batches are in flight,
+so memory is bounded by the batch size, not by the dump.
 
 Workers are spawned, not forked: the caller may hold threads (Dagster's run worker, Arrow's thread pools), and a
 fork copies their locks. A spawned worker imports only what the job's module imports (no Dagster) and receives
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import field
 from multiprocessing import get_context
 from pathlib import Path
@@ -40,8 +41,8 @@ def workers_setting():
     """The `workers` setting of `CleaningOptions` (filtered_threads) and `PromptOptions` (augmented_prompts): one
     help text. It is left out of the stages' fingerprints: the outputs do not depend on it."""
     return field(default=0, metadata={
-        "help": f"Worker processes for this stage's batches: 0 = every usable core (at most {MAX_AUTO_WORKERS}), "
-                "1 = none (in the run's own process). The output is byte-identical for any value; a dump of one "
+        "help": f"Processes for this stage's batches, the run's own process included: 0 = every usable core (at "
+                f"most {MAX_AUTO_WORKERS}), 1 = the run's process alone. The output is byte-identical for any value; a dump of one "
                 "batch runs in the run's process."})
 
 
@@ -98,25 +99,63 @@ def _run_in_worker(item: Any) -> Any:
 
 
 def ordered_map(job: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
-    """`job(item)` for each item, in order; in `workers` spawned processes when `workers` > 1 (see the module)."""
+    """`job(item)` for each item, in order, in `workers` processes: this one and `workers - 1` spawned ones.
+
+    The spawned workers are kept fed (at most two items each handed to them); this process runs the earliest item
+    nobody has started whenever the next result in order is not ready, so no core idles while the workers start
+    (about half a second: an interpreter and the job's imports) and no process only waits. At most
+    `WINDOW × workers` items are pulled from `items` and not yet yielded."""
     if workers <= 1:
         for item in items:
             yield job(item)
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_start_worker,
+    pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=get_context("spawn"), initializer=_start_worker,
                                initargs=(job,))
-    pending: deque[Future] = deque()
+    in_pool_limit = 2 * (workers - 1)
+    window: deque[list] = deque()  # [state, value] in input order: ("item", item) | ("future", Future) | ("done", result)
+    source = iter(items)
+    exhausted = working_here = False
     try:
-        for item in items:
-            pending.append(pool.submit(_run_in_worker, item))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        while True:
+            while not exhausted and len(window) < WINDOW * workers:
+                item = next(source, _END)
+                if item is _END:
+                    exhausted = True
+                else:
+                    window.append(["item", item])
+            in_pool = sum(1 for state, _ in window if state == "future")
+            for entry in window:
+                # Until this process has taken an item, one per worker: the next one is this process's first.
+                if in_pool >= (in_pool_limit if working_here else workers - 1):
+                    break
+                if entry[0] == "item":
+                    entry[:] = ["future", pool.submit(_run_in_worker, entry[1])]
+                    in_pool += 1
+            if not window:
+                return
+            state, value = window[0]
+            if state == "done" or state == "future" and value.done():
+                window.popleft()
+                yield value if state == "done" else value.result()
+                continue
+            waiting = next((entry for entry in window if entry[0] == "item"), None)
+            if waiting is not None:
+                working_here = True
+                waiting[:] = ["done", job(waiting[1])]  # the head is being worked on elsewhere, or is this one
+            else:
+                wait([value], return_when=FIRST_COMPLETED)
     finally:
-        for future in pending:
-            future.cancel()
+        for state, value in window:
+            if state == "future":
+                value.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
+# Items in flight per process. This process runs ahead of order while a worker holds the next result, and those
+# results wait in the window: a wider window keeps it busier (measured: no faster at 4) but holds more batches
+# (peak memory +33 % instead of +18 % from 1,000 to 4,000 threads at 4).
+WINDOW = 2
 
 
 # ---------------------------------------------------------------------------------------------------

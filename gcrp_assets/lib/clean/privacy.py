@@ -22,7 +22,7 @@ _SIGNATURE_MAX_WORDS = 12
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 _MENTION = re.compile(r"(?<![\w@])@[A-Za-z0-9_][\w.&'-]*(?<![.'-])([ \t]*[,:])?")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
-_SPACE_BEFORE_PUNCT = re.compile(r"[ \t]+([,.;:!?])")
+_SPACE_BEFORE_PUNCT = re.compile(r"[ \t]+(?=[,.;:!?])")  # replaced by "": no template to expand per match
 _DOUBLE_SPACE = re.compile(r"[ \t]{2,}")
 _BEFORE_CLOSING = re.compile(r"[ \t]*[,;]?[ \t]+(?=[)\]])|[,;](?=[)\]])")
 
@@ -96,13 +96,14 @@ def _ascii_lookalikes() -> re.Pattern[str]:
     return re.compile("[" + "".join(map(re.escape, found)) + "]" if found else "(?!)")
 
 
-def _key_words(handles: Iterable[str]) -> frozenset[bytes] | None:
-    """One word per handle that an ASCII text must hold as a whole word wherever the handle matches in it.
+def _key_words(handles: Iterable[str]) -> dict[bytes, list[str]] | None:
+    """One word per handle that an ASCII text must hold as a whole word wherever the handle matches in it, and the
+    handles of each such word.
 
     The handle pattern only matches after a character that is not a word character or `@` and before one that is
     not a word character, so each maximal run of word characters inside a handle is a whole word of the text too.
     None when some handle has no word character (nothing to look for: the pattern always runs)."""
-    keys = set()
+    keys: dict[bytes, list[str]] = {}
     for handle in handles:
         form = _ascii_forms(handle.lower())  # the pattern's literal (`_trie_pattern` lower-cases)
         if form is None:
@@ -110,8 +111,18 @@ def _key_words(handles: Iterable[str]) -> frozenset[bytes] | None:
         words = form.encode("ascii").translate(_ASCII_WORD_BYTES).split()
         if not words:
             return None
-        keys.add(max(words, key=len))
-    return frozenset(keys)
+        keys.setdefault(max(words, key=len), []).append(handle)
+    return keys
+
+
+def _handle_pattern(handles: list[str]) -> re.Pattern[str]:
+    """`handles` (longest first) as one case-insensitive pattern: an optional `@`, the handle as a whole word, and a
+    `,` or `:` right after it."""
+    return re.compile(r"(?<![\w@])(@?)(" + _trie_pattern(handles) + r")(?!\w)([ \t]*[,:])?", re.I)
+
+
+# Patterns kept per scrubber for the sets of key words met in texts (see `HandleScrubber._pattern_in`).
+_MAX_SUBPATTERNS = 4096
 
 
 class HandleScrubber:
@@ -119,44 +130,59 @@ class HandleScrubber:
 
     The handle pattern (one trie-shaped alternation) is tried at every position of a text, the slow part of
     cleaning; an ASCII text (most forum posts) first has its words compared with one key word per handle
-    (`_key_words`), a set lookup, and only a text holding one runs the pattern. Same results either way."""
+    (`_key_words`), a set lookup, and only the handles whose key word the text holds go into the pattern it runs
+    (the others cannot match there; the patterns are kept per set of key words). Same results either way."""
 
     def __init__(self, handles: Iterable[str], protected_names: Iterable[str] = ()):
         protected = {n.casefold() for n in protected_names}
         # A handle that is also a character's name is allowed to appear (contract exception).
         self.handles = sorted({h for h in handles if h and h.strip() and h.casefold() not in protected},
                               key=lambda h: (-len(h), h))
-        self._pattern = (
-            re.compile(r"(?<![\w@])(@?)(" + _trie_pattern(self.handles) + r")(?!\w)([ \t]*[,:])?", re.I)
-            if self.handles else None
-        )
+        self._pattern = _handle_pattern(self.handles) if self.handles else None
         self._canonical = {h.casefold(): h for h in self.handles}
-        self._keys = _key_words(self.handles) if self.handles else None
+        self._handles_of = _key_words(self.handles) if self.handles else None
+        self._keys = frozenset(self._handles_of) if self._handles_of is not None else None
+        self._subpatterns: dict[frozenset[bytes], re.Pattern[str]] = {}
         self._ascii_handles = all(h.isascii() for h in self.handles)
 
-    def may_contain_handle(self, text: str) -> bool:
-        """False only when no handle can match in `text` (so the handle pattern need not run).
+    def _pattern_in(self, text: str) -> re.Pattern[str] | None:
+        """The pattern to run on `text`: None when no handle can match in it (so nothing need run).
 
         A text with other characters (curly quotes, accents) is looked at with those characters as separators,
         when every handle is ASCII and the text has no character that the pattern's case folding equates with
-        an ASCII letter (`_ascii_lookalikes`): a handle match is then ASCII text between separators."""
+        an ASCII letter (`_ascii_lookalikes`): a handle match is then ASCII text between separators. Any other
+        text runs the whole pattern."""
         if self._pattern is None:
-            return False
+            return None
         if self._keys is None:
-            return True
+            return self._pattern
         if text.isascii():
             view = text.encode("ascii")
         elif self._ascii_handles and _ascii_lookalikes().search(text) is None:
             view = text.encode("ascii", "replace")  # every other character becomes `?`, a separator
         else:
-            return True
-        return not self._keys.isdisjoint(view.translate(_ASCII_WORD_BYTES).split())
+            return self._pattern
+        hits = self._keys.intersection(view.translate(_ASCII_WORD_BYTES).split())
+        if not hits:
+            return None
+        pattern = self._subpatterns.get(hits)
+        if pattern is None:
+            if len(self._subpatterns) >= _MAX_SUBPATTERNS:
+                self._subpatterns.clear()
+            handles = sorted((h for key in hits for h in self._handles_of[key]), key=lambda h: (-len(h), h))
+            pattern = self._subpatterns[hits] = _handle_pattern(handles)
+        return pattern
+
+    def may_contain_handle(self, text: str) -> bool:
+        """False only when no handle can match in `text` (so the handle pattern need not run)."""
+        return self._pattern_in(text) is not None
 
     def scrub(self, text: str, character_of: dict[str, str] | None = None) -> str:
         text = strip_reply_headers_and_signatures(text)
         if "@" in text:
             text = _EMAIL.sub("", text)
-        if self.may_contain_handle(text):
+        pattern = self._pattern_in(text)
+        if pattern is not None:
             mapping = {k.casefold(): v for k, v in (character_of or {}).items()}
 
             def replace(m: re.Match[str]) -> str:
@@ -166,14 +192,14 @@ class HandleScrubber:
                 name = mapping.get(m.group(2).casefold())
                 return name + (m.group(3) or "") if name else ""
 
-            text = self._pattern.sub(replace, text)
+            text = pattern.sub(replace, text)
         if "@" in text:
             text = _MENTION.sub("", text)
         if "  " in text or "\t" in text:
             text = _DOUBLE_SPACE.sub(" ", text)
         if ("\t" in text or " ," in text or " ." in text or " ;" in text or " :" in text or " !" in text
                 or " ?" in text):
-            text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+            text = _SPACE_BEFORE_PUNCT.sub("", text)
         if ")" in text or "]" in text:
             text = _BEFORE_CLOSING.sub("", text)  # "(brb, @handle)" -> "(brb)"
         joined = "\n".join([line.strip() for line in text.split("\n")])
@@ -181,6 +207,7 @@ class HandleScrubber:
 
     def find(self, text: str | None) -> list[str]:
         """Handles still present in `text` (used by the privacy asset checks)."""
-        if not text or not self.may_contain_handle(text):
+        pattern = self._pattern_in(text) if text else None
+        if pattern is None:
             return []
-        return sorted({self._canonical.get(m.group(2).casefold(), m.group(2)) for m in self._pattern.finditer(text)})
+        return sorted({self._canonical.get(m.group(2).casefold(), m.group(2)) for m in pattern.finditer(text)})

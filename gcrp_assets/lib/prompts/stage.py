@@ -7,6 +7,7 @@ checked for forum handles and for model turns of the character the dump marks as
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import pyarrow as pa
 
 from gcrp_assets.lib import schemas
 from gcrp_assets.lib.clean.parallel import (ArrowBatchWriter, batch_count, can_send, numbered_batches, ordered_map,
-                                            worker_count)
+                                            read_part, worker_count, write_part)
 from gcrp_assets.lib.clean.privacy import HandleScrubber
 from gcrp_assets.lib.parquet import BATCH_ROWS
 from gcrp_assets.lib.prompts.samples import PromptOptions, build_samples, human_turns_trained
@@ -37,16 +38,18 @@ def sample_texts(sample: dict) -> list[str]:
 
 @dataclass
 class _AugmentBatch:
-    """One batch of filtered threads to samples (in a worker process or in this one): the samples as an Arrow
-    table and the counts of the privacy and human-turn checks."""
+    """One batch of filtered threads to samples (in a worker process or in this one): the samples go to a work file
+    named by the batch's first row (results waiting to be merged in order then hold a path, not the samples), the
+    counts of the privacy and human-turn checks come back."""
     sheet_template: SheetTemplate
     system_template: object
     options: PromptOptions
     sheet_rewriter: SheetRewriter
     scrubber: HandleScrubber
+    work: Path
 
     def __call__(self, item: tuple[int, pa.RecordBatch]) -> dict:
-        _, batch = item
+        first, batch = item
         roles: Counter[str] = Counter()
         ooc_user_turns = threads_with_human = 0
         leaks: list[str] = []
@@ -66,7 +69,8 @@ class _AugmentBatch:
                     ooc_user_turns += turn["role"] == "user" and not turn["name"]
                 if self.scrubber.find("\n".join(sample_texts(sample))):
                     leaks.append(sample["sample_id"])
-        return {"threads": batch.num_rows, "samples": pa.Table.from_pylist(samples, schema=schemas.SAMPLES),
+        return {"threads": batch.num_rows,
+                "samples": write_part(self.work / f"samples-{first:012d}.arrow", samples, schemas.SAMPLES),
                 "example": samples[0]["system"] if samples else None, "roles": roles,
                 "ooc_user_turns": ooc_user_turns, "threads_with_human": threads_with_human, "leaks": leaks,
                 "human_trained": human_trained}
@@ -87,10 +91,6 @@ def run_augmented(filtered_path: Path, raw_path: Path, folder: Path, sheet_templ
     `samples_training_human_turns` (samples with a model turn spoken by that character) must be 0.
     """
     scrubber = raw_scrubber(raw_path, batch, authors_are_characters)
-    job = _AugmentBatch(sheet_template, system_template, options, sheet_rewriter, scrubber)
-    # Only the rule-based sheets go to workers: the LLM rewriter holds one model and keeps its counts here.
-    parallel = sheet_rewriter is normalize_sheet and can_send(job)
-    processes = worker_count(workers, batch_count(filtered_path, batch)) if parallel else 1
     roles: Counter[str] = Counter()
     threads = ooc_user_turns = threads_with_human = 0
     leaks: list[str] = []
@@ -98,15 +98,22 @@ def run_augmented(filtered_path: Path, raw_path: Path, folder: Path, sheet_templ
     example = None
     samples = ArrowBatchWriter(folder / "samples.parquet", schemas.SAMPLES, batch)
     try:
-        for result in ordered_map(job, numbered_batches(filtered_path, batch), processes):
-            samples.write(result["samples"])
-            threads += result["threads"]
-            roles.update(result["roles"])
-            ooc_user_turns += result["ooc_user_turns"]
-            threads_with_human += result["threads_with_human"]
-            leaks += result["leaks"]
-            human_trained += result["human_trained"]
-            example = result["example"] if example is None else example
+        with tempfile.TemporaryDirectory(prefix=".work-", dir=folder) as work:
+            job = _AugmentBatch(sheet_template, system_template, options, sheet_rewriter, scrubber, Path(work))
+            # Only the rule-based sheets go to workers: the LLM rewriter holds one model and keeps its counts here.
+            parallel = sheet_rewriter is normalize_sheet and can_send(job)
+            processes = worker_count(workers, batch_count(filtered_path, batch)) if parallel else 1
+            for result in ordered_map(job, numbered_batches(filtered_path, batch), processes):
+                if result["samples"] is not None:
+                    samples.write(read_part(result["samples"]))
+                    result["samples"].unlink()
+                threads += result["threads"]
+                roles.update(result["roles"])
+                ooc_user_turns += result["ooc_user_turns"]
+                threads_with_human += result["threads_with_human"]
+                leaks += result["leaks"]
+                human_trained += result["human_trained"]
+                example = result["example"] if example is None else example
     except BaseException:
         samples.abort()
         raise
