@@ -24,7 +24,7 @@ from gcrp_assets.lib.clean.dedup import DedupConfig, SignatureStore, Signer, sig
 from gcrp_assets.lib.clean.privacy import HandleScrubber
 from gcrp_assets.lib.clean.stage import run_filtered
 from gcrp_assets.lib.ingest.stage import run_raw
-from gcrp_assets.lib.parquet import RowWriter, read_rows
+from gcrp_assets.lib.parquet import ArrowBatchWriter, RowWriter, read_rows
 from gcrp_assets.lib.prompts.samples import PromptOptions, load_system_template
 from gcrp_assets.lib.prompts.sheets import SheetTemplate
 from gcrp_assets.lib.prompts.stage import run_augmented
@@ -101,7 +101,7 @@ def test_arrow_batch_writer_writes_row_writer_bytes(tmp_path):
              "detail": "x" * i, "record": "{}", "evidence": None if i % 3 else "[]"} for i in range(23)]
     with RowWriter(tmp_path / "rows.parquet", schemas.REJECTS, 5) as writer:
         writer.extend(rows)
-    tables = parallel.ArrowBatchWriter(tmp_path / "tables.parquet", schemas.REJECTS, 5)
+    tables = ArrowBatchWriter(tmp_path / "tables.parquet", schemas.REJECTS, 5)
     for start, stop in ((0, 3), (3, 3), (3, 12), (12, 23)):  # uneven pieces, one empty
         tables.write(pa.Table.from_pylist(rows[start:stop], schema=schemas.REJECTS))
     assert tables.close() == 23

@@ -11,9 +11,8 @@ Workers are spawned, not forked: the caller may hold threads (Dagster's run work
 fork copies their locks. A spawned worker imports only what the job's module imports (no Dagster) and receives
 the job once, when it starts.
 
-`ArrowBatchWriter` writes Arrow tables to one Parquet file in record batches of exactly `batch` rows with the
-fixed writer options of `lib.parquet.RowWriter`, so a table written here and the same rows added one at a time to
-a `RowWriter` give the same bytes.
+The stages merge the results with `lib.parquet.ArrowBatchWriter` (Arrow tables in, record batches of exactly
+`batch` rows out: the same bytes as the same rows added one at a time to a `RowWriter`).
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from typing import Any, Callable, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gcrp_assets.lib.parquet import WRITER_OPTIONS
 
 # `workers = 0` (the settings' default) means every usable core, up to this many: past it the parent, which merges
 # the results and writes the outputs alone, becomes the bottleneck.
@@ -173,50 +171,3 @@ def write_part(path: Path, rows: list[dict], schema: pa.Schema) -> Path | None:
 def read_part(path: Path) -> pa.Table:
     with pa.OSFile(str(path), "rb") as source:
         return pa.ipc.open_file(source).read_all()
-
-
-class ArrowBatchWriter:
-    """Arrow tables appended in any sizes, written as record batches of exactly `batch` rows (the last one
-    shorter) with `RowWriter`'s options: the same rows give the same bytes as `RowWriter` with the same `batch`.
-    Atomic: written to `<name>.tmp`, renamed by `close()`; `abort()` removes it."""
-
-    def __init__(self, path: Path, schema: pa.Schema, batch: int):
-        self.path, self.schema, self.batch = Path(path), schema, max(1, int(batch))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._tmp, schema, **WRITER_OPTIONS)
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self.n = 0
-
-    def write(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self._pending.append(table.select(self.schema.names).cast(self.schema))
-            self._pending_rows += table.num_rows
-        while self._pending_rows >= self.batch:
-            self._flush(self.batch)
-
-    def _flush(self, rows: int) -> None:
-        table = pa.concat_tables(self._pending)
-        head, rest = table.slice(0, rows), table.slice(rows)
-        record_batch = pa.RecordBatch.from_arrays(
-            [column.combine_chunks() for column in head.columns], schema=self.schema)
-        self._writer.write_batch(record_batch, row_group_size=self.batch)
-        self.n += rows
-        self._pending = [rest] if rest.num_rows else []
-        self._pending_rows = rest.num_rows
-
-    def close(self) -> int:
-        if self._writer is not None:
-            if self._pending_rows:
-                self._flush(self._pending_rows)
-            self._writer.close()
-            self._writer = None
-            os.replace(self._tmp, self.path)
-        return self.n
-
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-            self._tmp.unlink(missing_ok=True)

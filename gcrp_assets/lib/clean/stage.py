@@ -24,8 +24,8 @@ from gcrp_assets.lib.clean.cleaning import (HANDLE_COLUMNS, CleaningOptions, cle
                                             ic_turns)
 from gcrp_assets.lib.clean.dedup import DedupConfig, Duplicate, SignatureStore, Signer, signatures_array
 from gcrp_assets.lib.clean.filters import FilterRules, raw_rejection_reason, rejection_reason
-from gcrp_assets.lib.parquet import BATCH_ROWS, RowWriter, iter_rows
-from gcrp_assets.lib.clean.parallel import (ArrowBatchWriter, batch_count, can_send, numbered_batches, ordered_map,
+from gcrp_assets.lib.parquet import BATCH_ROWS, ArrowBatchWriter, RowWriter, iter_rows
+from gcrp_assets.lib.clean.parallel import (batch_count, can_send, numbered_batches, ordered_map,
                                             read_part, worker_count, write_part)
 from gcrp_assets.lib.clean.privacy import HandleScrubber
 from gcrp_assets.lib.tables import clip

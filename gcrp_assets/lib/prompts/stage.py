@@ -15,10 +15,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from gcrp_assets.lib import schemas
-from gcrp_assets.lib.clean.parallel import (ArrowBatchWriter, batch_count, can_send, numbered_batches, ordered_map,
+from gcrp_assets.lib.clean.parallel import (batch_count, can_send, numbered_batches, ordered_map,
                                             read_part, worker_count, write_part)
 from gcrp_assets.lib.clean.privacy import HandleScrubber
-from gcrp_assets.lib.parquet import BATCH_ROWS
+from gcrp_assets.lib.parquet import BATCH_ROWS, ArrowBatchWriter
 from gcrp_assets.lib.prompts.samples import PromptOptions, build_samples, human_turns_trained
 from gcrp_assets.lib.prompts.sheets import SheetRewriter, SheetTemplate, normalize_sheet
 from gcrp_assets.lib.clean.stage import raw_scrubber
