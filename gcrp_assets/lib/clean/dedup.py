@@ -115,16 +115,12 @@ def word_shingles(normalized: str, n: int) -> list[str]:
     return [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _word_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
-
-
 _WORD_HASHES: dict[str, int] = {}
 
 
 def _word_hashes(words: list[str]) -> dict[str, int]:
-    """A dict holding `_word_hash` of every word of `words` (a plain dict cache, the new words hashed once)."""
+    """A dict holding the hash of every word of `words` (blake2b, 8 bytes, little-endian; a plain dict cache, the new
+    words hashed once)."""
     cache = _WORD_HASHES
     if len(cache) > 1 << 18:
         cache.clear()
