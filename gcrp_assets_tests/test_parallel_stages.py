@@ -88,6 +88,24 @@ def test_this_process_works_while_the_workers_do():
     assert len(pids) == 2 and pids[os.getpid()] >= 10 and min(pids.values()) >= 5, pids
 
 
+def _fails_on(i: int, bad: frozenset) -> int:
+    if i in bad:
+        raise ValueError(f"item {i}")
+    return i
+
+
+@pytest.mark.parametrize("bad", [{0, 1}, {7, 8}])
+def test_an_error_comes_out_in_input_order(bad):
+    """The first failing item in input order raises, after every earlier result, as in one process. With {0, 1}:
+    item 0 goes to the starting worker and item 1 is this process's first, which fails at once and must wait."""
+    first = min(bad)
+    results = []
+    with pytest.raises(ValueError, match=f"item {first}$"):
+        for i in parallel.ordered_map(partial(_fails_on, bad=frozenset(bad)), range(40), workers=2):
+            results.append(i)
+    assert results == list(range(first))
+
+
 def test_worker_count():
     assert parallel.worker_count(0, 1000) == min(parallel.usable_cores(), parallel.MAX_AUTO_WORKERS)
     assert parallel.worker_count(4, 2) == 2 and parallel.worker_count(3, 0) == 1

@@ -102,7 +102,8 @@ def ordered_map(job: Callable[[Any], Any], items: Iterable[Any], workers: int) -
     The spawned workers are kept fed (at most two items each handed to them); this process runs the earliest item
     nobody has started whenever the next result in order is not ready, so no core idles while the workers start
     (about half a second: an interpreter and the job's imports) and no process only waits. At most
-    `WINDOW × workers` items are pulled from `items` and not yet yielded."""
+    `WINDOW × workers` items are pulled from `items` and not yet yielded. An item's error is raised when its result
+    would have been yielded, as in one process."""
     if workers <= 1:
         for item in items:
             yield job(item)
@@ -110,7 +111,8 @@ def ordered_map(job: Callable[[Any], Any], items: Iterable[Any], workers: int) -
     pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=get_context("spawn"), initializer=_start_worker,
                                initargs=(job,))
     in_pool_limit = 2 * (workers - 1)
-    window: deque[list] = deque()  # [state, value] in input order: ("item", item) | ("future", Future) | ("done", result)
+    # [state, value] in input order: ("item", item) | ("future", Future) | ("done", result) | ("failed", exception)
+    window: deque[list] = deque()
     source = iter(items)
     exhausted = working_here = False
     try:
@@ -132,6 +134,9 @@ def ordered_map(job: Callable[[Any], Any], items: Iterable[Any], workers: int) -
             if not window:
                 return
             state, value = window[0]
+            if state == "failed":
+                window.popleft()
+                raise value
             if state == "done" or state == "future" and value.done():
                 window.popleft()
                 yield value if state == "done" else value.result()
@@ -139,7 +144,10 @@ def ordered_map(job: Callable[[Any], Any], items: Iterable[Any], workers: int) -
             waiting = next((entry for entry in window if entry[0] == "item"), None)
             if waiting is not None:
                 working_here = True
-                waiting[:] = ["done", job(waiting[1])]  # the head is being worked on elsewhere, or is this one
+                try:  # the head is being worked on elsewhere, or is this one
+                    waiting[:] = ["done", job(waiting[1])]
+                except Exception as error:  # raised in its turn, as one process would: earlier results first
+                    waiting[:] = ["failed", error]
             else:
                 wait([value], return_when=FIRST_COMPLETED)
     finally:
