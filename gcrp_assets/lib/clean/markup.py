@@ -62,11 +62,11 @@ _BBCODE_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\[hr\]", re.I), "<br>"),
 ]
 
-# For each of `_BBCODE_RULES`: lowercase substrings one of which every match of the rule holds.
-# The tag names each rule can match (the name after `[` or `[/`, lowercased): a rule runs only on a text holding one.
+# For each of `_BBCODE_RULES`: the tag names it can match (the name after `[` or `[/`, lowercased); a rule runs only
+# on a text holding one.
 _BBCODE_NAMES: list[frozenset[str]] = [frozenset(names.split()) for names in (
-    "b strong", "b strong", "i em", "i em", "u s center left right indent font size color", "quote", "quote", "spoiler", "spoiler", "img",
-    "url", "url", "url", "list", "list", "*", "table tr td th", "code", "hr")]
+    "b strong", "b strong", "i em", "i em", "u s center left right indent font size color", "quote", "quote",
+    "spoiler", "spoiler", "img", "url", "url", "url", "list", "list", "*", "table tr td th", "code", "hr")]
 _BBCODE_NAME = re.compile(r"\[/?([a-z]+|\*)")
 assert len(_BBCODE_NAMES) == len(_BBCODE_RULES)
 # `sub(_GROUP_1, …)` = `sub(r"\1", …)` without expanding a template in Python for every match.

@@ -40,8 +40,8 @@ def workers_setting():
     help text. It is left out of the stages' fingerprints: the outputs do not depend on it."""
     return field(default=0, metadata={
         "help": f"Processes for this stage's batches, the run's own process included: 0 = every usable core (at "
-                f"most {MAX_AUTO_WORKERS}), 1 = the run's process alone. The output is byte-identical for any value; a dump of one "
-                "batch runs in the run's process."})
+                f"most {MAX_AUTO_WORKERS}), 1 = the run's process alone. The output is byte-identical for any value; "
+                "a dump of one batch runs in the run's process."})
 
 
 def usable_cores() -> int:
