@@ -8,7 +8,8 @@ import numpy as np
 from gcrp_assets.orchestration.resources import packaged_inbox
 from gcrp_assets.lib.clean.cleaning import clean_thread, dump_scrubber
 from gcrp_assets.lib.clean.dedup import (MINHASH_SEED, DedupConfig, Permutations, SignatureStore, cross_dump_duplicates,
-                                         drop_cross_dump_duplicates, find_duplicates, lsh_params, normalize)
+                                         drop_cross_dump_duplicates, find_duplicates, lsh_params, normalize,
+                                         casefolded_words)
 from gcrp_assets.lib.ingest.dumps import find_dumps, read_dump
 from tools.sample_corpus import generate
 
@@ -35,6 +36,26 @@ def _edit(text: str, n: int, seed: int = 0) -> str:
     for i in rng.sample(range(len(words)), n):
         words[i] = "zebra"
     return " ".join(words)
+
+
+def test_casefolded_words_equal_the_regular_expression():
+    """The fast path (ASCII text, and text whose only other characters are common punctuation) gives the words
+    `\\w+` finds in the casefolded text, for every mixture; its punctuation is no word character and casefolds to
+    itself."""
+    import re
+
+    from gcrp_assets.lib.clean import dedup
+
+    for ch in dedup._NON_WORD_PUNCTUATION:
+        assert not re.fullmatch(r"\w", ch) and ch.casefold() == ch
+    fast = "abcXYZ019_ .,;:'\"!?-()\n\t*@#" + dedup._NON_WORD_PUNCTUATION
+    other = "éßİK²ǅ\u00adﬁ\u3000日本\u0301\U0001F600\u200b"  # letters, digits, marks, spaces, a lone soft hyphen
+    rng = random.Random(7)
+    for n in range(3000):
+        pool = fast + other if n % 2 else fast  # half the texts take the fast path
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(0, 60)))
+        assert casefolded_words(text) == re.findall(r"\w+", text.casefold()), repr(text)
+    assert casefolded_words("Straße’s “Rain”—x") == ["strasse", "s", "rain", "x"]
 
 
 def test_lsh_bands_match_datasketch_defaults():

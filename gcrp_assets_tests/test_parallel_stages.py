@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from collections import Counter
 from functools import partial
@@ -173,7 +174,8 @@ def test_signatures_signed_elsewhere_resolve_the_same():
 
 
 def test_markup_gates_change_nothing():
-    """The BBCode rules gated by the tag names present, the emphasis repair gated by `_GLUED_*` and the `_GROUP_1`
+    """The BBCode rules gated by the tag names present, the emphasis repair gated by `_GLUED_*`, the sentence spacing
+    gated by `_MARK_BEFORE_CAPITAL`, the empty brackets by `_EMPTY_BRACKETS_GATE` and the `_GROUP_1`
     replacement give what the ungated rules give, on random texts built from the pieces that matter."""
     def ungated_bbcode(text: str) -> str:
         for pattern, replacement in markup._BBCODE_RULES:
@@ -183,12 +185,24 @@ def test_markup_gates_change_nothing():
     def ungated_emphasis(text: str) -> str:
         return markup._unglue(markup._ITALIC_SPAN, markup._unglue(markup._BOLD_SPAN, text))
 
+    def ungated_sentence_spacing(text: str) -> str:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(markup, "_MARK_BEFORE_CAPITAL", re.compile(""))  # matches every text
+            return markup.fix_sentence_spacing(text)
+
+    def six_tests_bracket_gate(text: str) -> str:  # the gate's meaning, written as the tests it replaces
+        if "()" in text or "[]" in text or "<>" in text or "( " in text or "[ " in text or "< " in text:
+            text = markup._EMPTY_BRACKETS.sub("", text)
+        return text
+
     rng = random.Random(11)
-    changed = {"bbcode": 0, "emphasis": 0}
+    changed = {"bbcode": 0, "emphasis": 0, "sentence": 0, "brackets": 0}
     tags = ["[b]", "[/b]", "[B]", "[i]", "[/I]", "[u]", "[/u]", "[url]", "[/url]", "[url=x]", "[img]", "[/img]",
             "[quote=Bob]", "[/quote]", "[*]", "[list]", "[td]", "[code]", "[hr]", "[font=Arial]", "[size=3]",
             "[/color]", "[", "/", "url]", "b]", "[/", "[[", "]", "ſ", "bold", " ", "\n", "<br>", "x"]
     marks = ["*", "**", "***", "a", "é", "漢", "1", "_", " ", "\n", ".", "smiles", "²", "\u3000", "-"]
+    prose = ["door", "door.", "now!?", "?", "Then", "Then", "T", "he", "I", "A", "x", " ", "\t", "\n", "(", ")", "[",
+             "]", "<", ">", "É", "é"]
     for _ in range(4000):
         text = "".join(rng.choice(tags) for _ in range(rng.randint(1, 12)))
         assert markup.bbcode_to_html(text) == ungated_bbcode(text), text
@@ -196,6 +210,11 @@ def test_markup_gates_change_nothing():
         text = "".join(rng.choice(marks) for _ in range(rng.randint(1, 14)))
         assert markup.fix_glued_emphasis(text) == ungated_emphasis(text), text
         changed["emphasis"] += ungated_emphasis(text) != text
+        text = "".join(rng.choice(prose) for _ in range(rng.randint(1, 14)))
+        assert markup.fix_sentence_spacing(text) == ungated_sentence_spacing(text), text
+        changed["sentence"] += ungated_sentence_spacing(text) != text
+        assert markup.remove_urls(text) == six_tests_bracket_gate(text), text
+        changed["brackets"] += six_tests_bracket_gate(text) != text
     assert min(changed.values()) > 100, changed  # the rules did work on many of them
     assert markup.bbcode_to_html("[[u]url]http://x[/url]") == ""  # a tag made by removing another one
     assert markup._SERIALIZED_BREAK.sub(markup._GROUP_1, "a<br />\nb</p> \nc") == "a<br />b</p>c"

@@ -10,9 +10,10 @@ Reply headers (`RE: …`) at the top of a post and signatures at its end (`-- ha
 from __future__ import annotations
 
 import functools
-import itertools
 import re
 from typing import Iterable
+
+import numpy as np
 
 # Whole lines, with their newline, so no blank line is left where they stood.
 _RE_LINE = re.compile(r"^[ \t]*(?:\*\*)?RE\s*:.*$", re.I)
@@ -91,7 +92,10 @@ def _ascii_lookalikes() -> re.Pattern[str]:
     """The non-ASCII characters that the handle pattern's case-insensitive match equates with an ASCII letter
     (the Kelvin sign, dotted `İ`, long `ſ`, …), found by asking the regular-expression engine itself over every
     code point once."""
-    every = "".join(map(chr, itertools.chain(range(0x80, 0xD800), range(0xE000, 0x110000))))
+    # Every code point but ASCII and the surrogates, as one string decoded from UTF-32 (0.01 s; joining a
+    # million `chr` calls took 0.15 s in every worker process).
+    codes = np.concatenate([np.arange(0x80, 0xD800, dtype="<u4"), np.arange(0xE000, 0x110000, dtype="<u4")])
+    every = codes.tobytes().decode("utf-32-le")
     found = re.findall("[a-z]", every, re.I)
     return re.compile("[" + "".join(map(re.escape, found)) + "]" if found else "(?!)")
 
