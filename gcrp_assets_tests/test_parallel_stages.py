@@ -160,6 +160,28 @@ def test_handle_precheck_changes_nothing():
     assert scrubber.may_contain_handle("the \u212aAT said")  # Kelvin sign: the pattern matches it as `k`
 
 
+def test_only_texts_the_handle_pattern_ran_on_can_leak():
+    """`scrub(…, may_leak)` leaves out only results that hold no handle: what the leak check (`_facts`) skips."""
+    scrubber = HandleScrubber(["nightowl_77", "midnight.diner", "Kat", "Ballbuster Steve", "night owl"])
+    rng = random.Random(5)
+    pieces = ["nightowl_77", "@nightowl_77,", "midnight", ".diner", "diner", "Kat", "@Kat:", "kat@x.com", "(", ")",
+              "]", ",", ";", ":", " ", "  ", "\t", "\n", "\n\n\n", "Ballbuster", "Steve", "night", "owl", "@", "x",
+              "-- sig", "RE: hi", "—", "“", "@bob", "'", "."]
+    suspects = leaks = 0
+    for _ in range(6000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        may_leak: list[str] = []
+        out = scrubber.scrub(text, {"Kat": "Mira Vell"}, may_leak)
+        assert may_leak in ([], [out])
+        if not may_leak:
+            assert scrubber.find(out) == [], (text, out)
+        suspects += bool(may_leak)
+        leaks += bool(scrubber.find(out))
+    assert suspects > 1000 and leaks > 10  # handles the pattern misses do survive, and are caught as suspects
+    may_leak = []
+    assert scrubber.scrub("so, Night  Owl said", None, may_leak) == "so, Night Owl said" and may_leak
+
+
 def test_signatures_signed_elsewhere_resolve_the_same():
     config = DedupConfig()
     texts = ["the quick brown fox jumps over the lazy dog " * 3, "the quick brown fox jumps over the lazy dog " * 3,

@@ -127,7 +127,10 @@ def _name(value: str | None) -> str | None:
     return valid_unicode(value).strip() or None if value else None
 
 
-def clean_thread(thread: dict, scrubber: HandleScrubber, options: CleaningOptions = CleaningOptions()) -> dict:
+def clean_thread(thread: dict, scrubber: HandleScrubber, options: CleaningOptions = CleaningOptions(),
+                 may_leak: list[str] | None = None) -> dict:
+    """The thread's posts as clean turns, its characters with clean sheets (see the module's docstring). `may_leak`,
+    when given, receives every scrubbed text that could still hold a handle (`HandleScrubber.scrub`)."""
     raw_characters = [dict(c, name=_name(c.get("name"))) for c in thread.get("characters") or []]
     raw_characters = [c for c in raw_characters if c["name"]]
     characters_by_player: dict[str, list[str]] = {}
@@ -153,7 +156,7 @@ def clean_thread(thread: dict, scrubber: HandleScrubber, options: CleaningOption
         text = to_text(post.get("text"), counts)
         if (post.get("kind") or "ic") == "narrator":
             counts["n_narrator_posts"] += 1
-            narration = scrubber.scrub(text, character_of) if text else ""
+            narration = scrubber.scrub(text, character_of, may_leak) if text else ""
             if options.narrator_policy == "ooc" and narration:
                 turns.append({"post_id": post_id, "character": None, "text": narration, "kind": "ooc"})
             continue
@@ -169,13 +172,13 @@ def clean_thread(thread: dict, scrubber: HandleScrubber, options: CleaningOption
         counts["n_posts_with_ooc"] += bool(ooc.remarks)
         ooc_turn = None
         if ooc.remarks and options.ooc_policy == "keep":
-            ooc_text = scrubber.scrub(format_ooc(ooc.remarks), character_of)
+            ooc_text = scrubber.scrub(format_ooc(ooc.remarks), character_of, may_leak)
             if ooc_text:
                 ooc_turn = {"post_id": post_id, "character": None, "text": ooc_text, "kind": "ooc"}
         if ooc.remarks and options.ooc_policy == "drop_post":
             counts["n_ooc_posts"] += 1
             continue
-        body = scrubber.scrub(ooc.text, character_of)
+        body = scrubber.scrub(ooc.text, character_of, may_leak)
         if len(body) < min_chars:
             if ooc.remarks:
                 counts["n_ooc_posts"] += 1
@@ -200,12 +203,12 @@ def clean_thread(thread: dict, scrubber: HandleScrubber, options: CleaningOption
     characters = []
     for name in dict.fromkeys(t["character"] for t in ic_turns if t["character"]):  # order of first appearance
         sheet = sheets.get(name.casefold())
-        clean_sheet = scrubber.scrub(to_text(sheet), character_of) or None if sheet else None
+        clean_sheet = scrubber.scrub(to_text(sheet), character_of, may_leak) or None if sheet else None
         characters.append({"name": name, "sheet": clean_sheet, "aliases": aliases.get(name.casefold(), [])})
     return {
         "dump": thread.get("dump"),
         "thread_id": thread.get("thread_id"),
-        "title": scrubber.scrub(to_text(thread.get("title") or ""), character_of) or None,
+        "title": scrubber.scrub(to_text(thread.get("title") or ""), character_of, may_leak) or None,
         "tags": [valid_unicode(str(t)) for t in thread.get("tags") or []],
         "human": _name(thread.get("human")),
         "characters": characters,

@@ -181,7 +181,16 @@ class HandleScrubber:
         """False only when no handle can match in `text` (so the handle pattern need not run)."""
         return self._pattern_in(text) is not None
 
-    def scrub(self, text: str, character_of: dict[str, str] | None = None) -> str:
+    def scrub(self, text: str, character_of: dict[str, str] | None = None,
+              may_leak: list[str] | None = None) -> str:
+        """`text` without handles, @-mentions, e-mail addresses, reply headers and signatures.
+
+        `may_leak`, when given, receives the result if the handle pattern ran on the text: only such a result can
+        still hold a handle (e.g. `Night  Owl`, which the pattern misses, made `Night Owl` when the double space
+        goes). A text that the pattern did not need to run on holds none of the handles' key words, and the
+        steps after the pattern only delete characters that stand next to a non-word character (mentions,
+        spaces, commas before a bracket), which never joins or cuts a word: the result holds no key word either,
+        so no handle (`_facts` checks only the results in `may_leak`)."""
         text = strip_reply_headers_and_signatures(text)
         if "@" in text:
             text = _EMAIL.sub("", text)
@@ -207,7 +216,10 @@ class HandleScrubber:
         if ")" in text or "]" in text:
             text = _BEFORE_CLOSING.sub("", text)  # "(brb, @handle)" -> "(brb)"
         joined = "\n".join([line.strip() for line in text.split("\n")])
-        return (_MANY_NEWLINES.sub("\n\n", joined) if "\n\n\n" in joined else joined).strip()
+        text = (_MANY_NEWLINES.sub("\n\n", joined) if "\n\n\n" in joined else joined).strip()
+        if pattern is not None and may_leak is not None:
+            may_leak.append(text)
+        return text
 
     def find(self, text: str | None) -> list[str]:
         """Handles still present in `text` (used by the privacy asset checks)."""

@@ -114,8 +114,9 @@ class _FilterBatch:
             seen["posts"] += len(thread["posts"])
             verdict = raw_rejection_reason(thread, self.rules)
             evidence = None
+            may_leak: list[str] = []
             if not verdict:
-                cleaned = clean_thread(thread, self.scrubber, self.options)
+                cleaned = clean_thread(thread, self.scrubber, self.options, may_leak)
                 for counter in _SEEN[1:]:
                     seen[counter] += cleaned[counter]
                 # The content policy first, so that a thread it catches is recorded as such even when another
@@ -132,7 +133,7 @@ class _FilterBatch:
             if self.signer is not None:
                 keys.append((str(thread["dump"]), str(thread["thread_id"])))
                 signatures.append(self.signer.sign(cleaned))
-            candidates.append({**cleaned, "seq": seq, **_facts(cleaned, self.scrubber)})
+            candidates.append({**cleaned, "seq": seq, **_facts(cleaned, self.scrubber, may_leak)})
         name = f"{first:012d}.arrow"
         return {"threads": batch.num_rows, "reasons": reasons, "seen": seen, "keys": keys,
                 "signatures": signatures_array(signatures, self.signer) if self.signer is not None else None,
@@ -140,14 +141,18 @@ class _FilterBatch:
                 "candidates": write_part(self.work / f"candidates-{name}", candidates, _CANDIDATE_PART)}
 
 
-def _facts(thread: dict, scrubber: HandleScrubber) -> dict:
+def _facts(thread: dict, scrubber: HandleScrubber, may_leak: list[str]) -> dict:
+    """`may_leak`: the texts that `clean_thread` scrubbed and that could still hold a handle; the thread's texts
+    among them are checked for handles (the others cannot hold one, see `HandleScrubber.scrub`)."""
     ic = ic_turns(thread)
     texts = [turn["text"] for turn in thread["turns"]] + [c["sheet"] or "" for c in thread["characters"]]
     texts.append(thread["title"] or "")
+    suspects = set(may_leak)
+    texts = [text for text in texts if text in suspects]
     return {"_ic_turns": len(ic), "_ooc_turns": len(thread["turns"]) - len(ic),
             "_n_characters": len(thread["characters"]), "_has_human": bool(thread.get("human")),
             # one scan; the newline keeps every text's word boundaries
-            "_handle_leak": bool(scrubber.find("\n".join(texts))),
+            "_handle_leak": bool(texts) and bool(scrubber.find("\n".join(texts))),
             "_preview_character": ic[0]["character"] if ic else None,
             "_preview_text": clip(ic[0]["text"], 140) if ic else None}
 
