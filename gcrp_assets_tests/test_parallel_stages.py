@@ -197,8 +197,8 @@ def test_signatures_signed_elsewhere_resolve_the_same():
 
 def test_markup_gates_change_nothing():
     """The BBCode rules gated by the tag names present, the emphasis repair gated by `_GLUED_*`, the sentence spacing
-    gated by `_MARK_BEFORE_CAPITAL`, the empty brackets by `_EMPTY_BRACKETS_GATE` and the `_GROUP_1`
-    replacement give what the ungated rules give, on random texts built from the pieces that matter."""
+    gated by `_MARK_BEFORE_CAPITAL`, the empty brackets by `_EMPTY_BRACKETS_GATE`, `drop_controls` and the
+    `_GROUP_1` replacement give what the ungated rules give, on random texts built from the pieces that matter."""
     def ungated_bbcode(text: str) -> str:
         for pattern, replacement in markup._BBCODE_RULES:
             text = pattern.sub(replacement, text)
@@ -238,5 +238,9 @@ def test_markup_gates_change_nothing():
         assert markup.remove_urls(text) == six_tests_bracket_gate(text), text
         changed["brackets"] += six_tests_bracket_gate(text) != text
     assert min(changed.values()) > 100, changed  # the rules did work on many of them
+    controls = [chr(c) for c in range(0x20)] + ["\x7f", "\x80", "\x85", "é", "\u2028", "\ud800", "a", " ", "\U0001F600"]
+    for _ in range(3000):
+        text = "".join(rng.choice(controls) for _ in range(rng.randint(0, 8)))
+        assert markup.drop_controls(text) == markup._CONTROL.sub("", text), repr(text)
     assert markup.bbcode_to_html("[[u]url]http://x[/url]") == ""  # a tag made by removing another one
     assert markup._SERIALIZED_BREAK.sub(markup._GROUP_1, "a<br />\nb</p> \nc") == "a<br />b</p>c"

@@ -221,9 +221,14 @@ class Permutations:
         h ^= h >> np.uint32(13)
         h *= np.uint32(0xC2B2AE35)
         h ^= h >> np.uint32(16)
-        # In chunks: shingles x permutations x 4 bytes stays a few MiB however long the thread.
-        return np.minimum.reduce([(h[i:i + _CHUNK, None] * self.a + self.b).min(axis=0)
-                                  for i in range(0, len(h), _CHUNK)])
+        # In chunks: shingles x permutations x 4 bytes stays a few MiB however long the thread; one array per chunk.
+        signature = None
+        for i in range(0, len(h), _CHUNK):
+            mapped = np.multiply.outer(h[i:i + _CHUNK], self.a)
+            mapped += self.b
+            low = mapped.min(axis=0)
+            signature = low if signature is None else np.minimum(signature, low)
+        return signature
 
 
 class Signer:

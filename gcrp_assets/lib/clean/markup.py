@@ -80,6 +80,8 @@ _ITALIC = {"i", "em"}
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _INVISIBLE = re.compile(r"[\u00ad\u200b\u2060\ufeff\ufffd]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The same characters as bytes: each is one byte in UTF-8, and no byte of a longer character is one of them.
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 # The characters of `_SPACES` other than " " and "\t" (`_SPACES.sub(" ", …)` changes only a text with two
@@ -230,8 +232,17 @@ def fix_encoding(text: str) -> str:
     would return unchanged (`may_need_ftfy`).
     """
     if text.isascii() and "&" not in text or not may_need_ftfy(text):
-        return _CONTROL.sub("", text)
-    return _CONTROL.sub("", _fix_text(text))
+        return drop_controls(text)
+    return drop_controls(_fix_text(text))
+
+
+def drop_controls(text: str) -> str:
+    """`text` without C0 control characters other than tab and line breaks, and without DEL."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    # Deleting bytes in C is three times faster than the regular expression's search, and most texts have none.
+    if len(encoded.translate(None, _CONTROL_BYTES)) == len(encoded):
+        return text
+    return _CONTROL.sub("", text)
 
 
 def _fix_text(text: str) -> str:
