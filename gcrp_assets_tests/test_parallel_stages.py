@@ -197,8 +197,8 @@ def test_signatures_signed_elsewhere_resolve_the_same():
 
 def test_markup_gates_change_nothing():
     """The BBCode rules gated by the tag names present, the emphasis repair gated by `_GLUED_*`, the sentence spacing
-    gated by `_MARK_BEFORE_CAPITAL`, the empty brackets by `_EMPTY_BRACKETS_GATE`, `drop_controls` and the
-    `_GROUP_1` replacement give what the ungated rules give, on random texts built from the pieces that matter."""
+    gated by `_MARK_BEFORE_CAPITAL`, the empty brackets by `_EMPTY_BRACKETS_GATE`, `drop_controls`,
+    `drop_space_before_punctuation` and the `_GROUP_1` replacement give what the ungated rules give, on random texts built from the pieces that matter."""
     def ungated_bbcode(text: str) -> str:
         for pattern, replacement in markup._BBCODE_RULES:
             text = pattern.sub(replacement, text)
@@ -218,13 +218,13 @@ def test_markup_gates_change_nothing():
         return text
 
     rng = random.Random(11)
-    changed = {"bbcode": 0, "emphasis": 0, "sentence": 0, "brackets": 0}
+    changed = {"bbcode": 0, "emphasis": 0, "sentence": 0, "brackets": 0, "punctuation": 0}
     tags = ["[b]", "[/b]", "[B]", "[i]", "[/I]", "[u]", "[/u]", "[url]", "[/url]", "[url=x]", "[img]", "[/img]",
             "[quote=Bob]", "[/quote]", "[*]", "[list]", "[td]", "[code]", "[hr]", "[font=Arial]", "[size=3]",
             "[/color]", "[", "/", "url]", "b]", "[/", "[[", "]", "ſ", "bold", " ", "\n", "<br>", "x"]
     marks = ["*", "**", "***", "a", "é", "漢", "1", "_", " ", "\n", ".", "smiles", "²", "\u3000", "-"]
     prose = ["door", "door.", "now!?", "?", "Then", "Then", "T", "he", "I", "A", "x", " ", "\t", "\n", "(", ")", "[",
-             "]", "<", ">", "É", "é"]
+             "]", "<", ">", "É", "é", ",", ";", ":"]
     for _ in range(4000):
         text = "".join(rng.choice(tags) for _ in range(rng.randint(1, 12)))
         assert markup.bbcode_to_html(text) == ungated_bbcode(text), text
@@ -237,6 +237,8 @@ def test_markup_gates_change_nothing():
         changed["sentence"] += ungated_sentence_spacing(text) != text
         assert markup.remove_urls(text) == six_tests_bracket_gate(text), text
         changed["brackets"] += six_tests_bracket_gate(text) != text
+        assert markup.drop_space_before_punctuation(text) == markup._SPACE_BEFORE_PUNCT.sub("", text), text
+        changed["punctuation"] += markup._SPACE_BEFORE_PUNCT.sub("", text) != text
     assert min(changed.values()) > 100, changed  # the rules did work on many of them
     controls = [chr(c) for c in range(0x20)] + ["\x7f", "\x80", "\x85", "é", "\u2028", "\ud800", "a", " ", "\U0001F600"]
     for _ in range(3000):

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from gcrp_assets.lib.clean.markup import drop_space_before_punctuation
+
 OOC_POLICIES = ("strip", "keep", "drop_post")
 
 _INLINE = re.compile(
@@ -35,7 +37,6 @@ _TAG_LINE_MAX_WORDS = 8
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 _GONE = "\x00"
 _SPACES = re.compile(r"[ \t]{2,}")
-_SPACE_BEFORE_PUNCT = re.compile(r"[ \t]+(?=[,.;:!?])")  # replaced by "": no template to expand per match
 _WRAPPERS = [
     re.compile(r"^\(\((.*)\)\)$", re.S),
     re.compile(r"^\[\[(.*)\]\]$", re.S),
@@ -83,9 +84,7 @@ def split_ooc(text: str) -> OocSplit:
         cleaned = _TAG_LINE.sub(take_tag, cleaned)
     if "  " in cleaned or "\t" in cleaned:
         cleaned = _SPACES.sub(" ", cleaned)
-    if ("\t" in cleaned or " ," in cleaned or " ." in cleaned or " ;" in cleaned or " :" in cleaned or " !" in cleaned
-            or " ?" in cleaned):
-        cleaned = _SPACE_BEFORE_PUNCT.sub("", cleaned)
+    cleaned = drop_space_before_punctuation(cleaned)
     lines = [line.strip() for line in cleaned.split("\n") if line.strip() != _GONE]
     cleaned = "\n".join(lines)
     if "\n\n\n" in cleaned:

@@ -15,6 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
+from gcrp_assets.lib.clean.markup import drop_space_before_punctuation
+
 # Whole lines, with their newline, so no blank line is left where they stood.
 _RE_LINE = re.compile(r"^[ \t]*(?:\*\*)?RE\s*:.*$", re.I)
 _SIGNATURE = re.compile(r"^[ \t]*(?:--+|~+|—)[ \t]*\S[^\"“”]*$")
@@ -23,7 +25,6 @@ _SIGNATURE_MAX_WORDS = 12
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 _MENTION = re.compile(r"(?<![\w@])@[A-Za-z0-9_][\w.&'-]*(?<![.'-])([ \t]*[,:])?")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
-_SPACE_BEFORE_PUNCT = re.compile(r"[ \t]+(?=[,.;:!?])")  # replaced by "": no template to expand per match
 _DOUBLE_SPACE = re.compile(r"[ \t]{2,}")
 _BEFORE_CLOSING = re.compile(r"[ \t]*[,;]?[ \t]+(?=[)\]])|[,;](?=[)\]])")
 
@@ -210,9 +211,7 @@ class HandleScrubber:
             text = _MENTION.sub("", text)
         if "  " in text or "\t" in text:
             text = _DOUBLE_SPACE.sub(" ", text)
-        if ("\t" in text or " ," in text or " ." in text or " ;" in text or " :" in text or " !" in text
-                or " ?" in text):
-            text = _SPACE_BEFORE_PUNCT.sub("", text)
+        text = drop_space_before_punctuation(text)
         if ")" in text or "]" in text:
             text = _BEFORE_CLOSING.sub("", text)  # "(brb, @handle)" -> "(brb)"
         joined = "\n".join([line.strip() for line in text.split("\n")])
