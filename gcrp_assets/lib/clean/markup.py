@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from operator import itemgetter
+from typing import Callable
 
 import ftfy
 from selectolax.lexbor import LexborHTMLParser, LexborNode
@@ -39,8 +40,8 @@ _HTML_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*\b[^>]*>|<br\s*/?>|&[a-zA-Z]+;|&
 _BBCODE_TAG = re.compile(r"\[/?(?:b|i|u|s|em|strong|quote|url|img|color|size|font|center|left|right|list|\*|table|tr|td|th|spoiler|code|indent|hr)\b[^\]]*\]", re.I)
 
 # BBCode tag -> HTML. Order matters only for readability; each rule is independent.
-_BBCODE_RULES: list[tuple[re.Pattern[str], str]] = [
-    # Literal replacements (no `\1` template expanded in Python for each of the many bold and italic tags).
+_BBCODE_RULES: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
+    # Literal replacements or functions: a `\1` template is expanded by Python code for every match (table cells).
     (re.compile(r"\[(?:b|strong)\]", re.I), "<b>"),
     (re.compile(r"\[/(?:b|strong)\]", re.I), "</b>"),
     (re.compile(r"\[(?:i|em)\]", re.I), "<i>"),
@@ -57,8 +58,8 @@ _BBCODE_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\[list(=[^\]]*)?\]", re.I), "<ul>"),
     (re.compile(r"\[/list\]", re.I), "</ul>"),
     (re.compile(r"\[\*\]", re.I), "<li>"),
-    (re.compile(r"\[(/?)(table|tr|td|th)\]", re.I), r"<\1\2>"),
-    (re.compile(r"\[(/?)code\]", re.I), r"<\1pre>"),
+    (re.compile(r"\[(/?)(table|tr|td|th)\]", re.I), lambda m: f"<{m[1]}{m[2]}>"),
+    (re.compile(r"\[(/?)code\]", re.I), lambda m: f"<{m[1]}pre>"),
     (re.compile(r"\[hr\]", re.I), "<br>"),
 ]
 
@@ -168,14 +169,15 @@ def bbcode_to_html(text: str) -> str:
         for pattern, replacement in _BBCODE_RULES:
             text = pattern.sub(replacement, text)
         return text
-    # A rule can only match a text holding one of its tag names (read again after a change: removing `[u]` from
-    # `[[u]url]` makes a new tag).
+    # A rule can only match a text holding one of its tag names. They are read again after a rule removed something
+    # (removing `[u]` from `[[u]url]` makes a new tag); a rule that writes HTML writes no `[`, so it makes none.
     present = set(_BBCODE_NAME.findall(text.lower()))
     for (pattern, replacement), names in zip(_BBCODE_RULES, _BBCODE_NAMES):
         if not names.isdisjoint(present):
             changed = pattern.sub(replacement, text)
-            if changed != text:
-                text, present = changed, set(_BBCODE_NAME.findall(changed.lower()))
+            if replacement == "" and changed != text:
+                present = set(_BBCODE_NAME.findall(changed.lower()))
+            text = changed
     return text
 
 
