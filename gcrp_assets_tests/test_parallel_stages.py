@@ -113,6 +113,9 @@ def test_worker_count():
     with pytest.raises(ValueError):
         parallel.worker_count(-1, 5)
     assert not parallel.can_send(lambda thread: None)  # such a policy keeps the stage in the run's process
+    # whole batches in one process, quarters with workers (never an empty item)
+    assert parallel.unit_rows(512, 1) == 512 and parallel.unit_rows(512, 2) == 128 and parallel.unit_rows(5, 3) == 2
+    assert parallel.unit_rows(1, 2) == 1
 
 
 def test_arrow_batch_writer_writes_row_writer_bytes(tmp_path):
@@ -198,7 +201,8 @@ def test_signatures_signed_elsewhere_resolve_the_same():
 def test_markup_gates_change_nothing():
     """The BBCode rules gated by the tag names present, the emphasis repair gated by `_GLUED_*`, the sentence spacing
     gated by `_MARK_BEFORE_CAPITAL`, the empty brackets by `_EMPTY_BRACKETS_GATE`, `drop_controls`,
-    `drop_space_before_punctuation` and the `_GROUP_1` replacement give what the ungated rules give, on random texts built from the pieces that matter."""
+    `drop_space_before_punctuation` and the `_GROUP_1` replacement give what the ungated rules give, on random
+    texts built from the pieces that matter."""
     def ungated_bbcode(text: str) -> str:
         for pattern, replacement in markup._BBCODE_RULES:
             text = pattern.sub(replacement, text)
@@ -240,7 +244,8 @@ def test_markup_gates_change_nothing():
         assert markup.drop_space_before_punctuation(text) == markup._SPACE_BEFORE_PUNCT.sub("", text), text
         changed["punctuation"] += markup._SPACE_BEFORE_PUNCT.sub("", text) != text
     assert min(changed.values()) > 100, changed  # the rules did work on many of them
-    controls = [chr(c) for c in range(0x20)] + ["\x7f", "\x80", "\x85", "é", "\u2028", "\ud800", "a", " ", "\U0001F600"]
+    controls = [chr(c) for c in range(0x20)] + ["\x7f", "\x80", "\x85", "é", "\u2028", "\ud800", "a", " ",
+                                                 "\U0001F600"]
     for _ in range(3000):
         text = "".join(rng.choice(controls) for _ in range(rng.randint(0, 8)))
         assert markup.drop_controls(text) == markup._CONTROL.sub("", text), repr(text)

@@ -26,7 +26,7 @@ from gcrp_assets.lib.clean.dedup import DedupConfig, Duplicate, SignatureStore, 
 from gcrp_assets.lib.clean.filters import FilterRules, raw_rejection_reason, rejection_reason
 from gcrp_assets.lib.parquet import BATCH_ROWS, ArrowBatchWriter, RowWriter, iter_rows
 from gcrp_assets.lib.clean.parallel import (batch_count, can_send, numbered_batches, ordered_map,
-                                            read_part, worker_count, write_part)
+                                            read_part, unit_rows, worker_count, write_part)
 from gcrp_assets.lib.clean.privacy import HandleScrubber
 from gcrp_assets.lib.tables import clip
 from gcrp_assets.lib.tables import LISTED_REJECTS
@@ -190,7 +190,8 @@ def run_filtered(raw_path: Path, folder: Path, rules: FilterRules = FilterRules(
         processes = worker_count(workers, batch_count(raw_path, batch)) if can_send(job) else 1
         parts: list[tuple[Path | None, Path | None]] = []
         try:
-            for result in ordered_map(job, numbered_batches(raw_path, batch), processes):  # pass 2
+            items = numbered_batches(raw_path, unit_rows(batch, processes))
+            for result in ordered_map(job, items, processes):  # pass 2
                 n_in += result["threads"]
                 reasons.update(result["reasons"])
                 seen.update(result["seen"])

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from gcrp_assets.lib import schemas
 from gcrp_assets.lib.clean.parallel import (batch_count, can_send, numbered_batches, ordered_map,
-                                            read_part, worker_count, write_part)
+                                            read_part, unit_rows, worker_count, write_part)
 from gcrp_assets.lib.clean.privacy import HandleScrubber
 from gcrp_assets.lib.parquet import BATCH_ROWS, ArrowBatchWriter
 from gcrp_assets.lib.prompts.samples import PromptOptions, build_samples, human_turns_trained
@@ -103,7 +103,8 @@ def run_augmented(filtered_path: Path, raw_path: Path, folder: Path, sheet_templ
             # Only the rule-based sheets go to workers: the LLM rewriter holds one model and keeps its counts here.
             parallel = sheet_rewriter is normalize_sheet and can_send(job)
             processes = worker_count(workers, batch_count(filtered_path, batch)) if parallel else 1
-            for result in ordered_map(job, numbered_batches(filtered_path, batch), processes):
+            items = numbered_batches(filtered_path, unit_rows(batch, processes))
+            for result in ordered_map(job, items, processes):
                 if result["samples"] is not None:
                     samples.write(read_part(result["samples"]))
                     result["samples"].unlink()
