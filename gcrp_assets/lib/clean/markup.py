@@ -158,7 +158,8 @@ _LOWER = frozenset("abcdefghijklmnopqrstuvwxyz")
 
 
 def looks_like_markup(text: str) -> bool:
-    return bool(_HTML_TAG.search(text) or _BBCODE_TAG.search(text))
+    # Every HTML match starts with `<` or `&`, every BBCode match with `[`: plain text skips both searches.
+    return bool(("<" in text or "&" in text) and _HTML_TAG.search(text) or "[" in text and _BBCODE_TAG.search(text))
 
 
 def bbcode_to_html(text: str) -> str:
