@@ -31,7 +31,9 @@ child processes: today's code against that code, on the same corpus, in the same
 version: it loads the whole stage input into memory (`read_canonical_jsonl`, `pandas.read_parquet`), builds every
 output row, then writes one DataFrame. The streaming outputs are checked to be byte-identical to the baseline's.
 
-Every (size, mode, stage) runs in a fresh spawned process, one after the other; its peak RSS is that process's
+Every (size, mode, stage) runs in a fresh spawned process, one after the other, `--repeat` times (its time is the
+median run's: two busy processes on a small shared machine vary by a fifth from run to run); its peak RSS is that
+process's
 `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the interpreter and imports included, so the floor is the same for
 every row) plus, for the streaming stages, `--workers` - 1 times the largest spawned worker's (`RUSAGE_CHILDREN`;
 the stage's own process is one of its workers): an upper bound of the memory the stage holds at once. The goal: streaming peak RSS grows at most 30 % from N to 4N.
@@ -244,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="worker processes of the streaming stages (0 = every usable core, as the assets)")
     parser.add_argument("--baseline-ref", default=BASELINE_REF, help="commit whose stages the baseline mode runs")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each (size, mode, stage); its time is their median, its peak RSS their largest")
     parser.add_argument("--jobs", type=int, default=1,
                         help="modes run side by side (they then share the cores: timings are not comparable)")
     args = parser.parse_args(argv)
@@ -271,18 +275,24 @@ def main(argv: list[str] | None = None) -> int:
             src = corpus
             for stage in STAGES:
                 out = root / f"{mode}-{n}" / stage
-                shutil.rmtree(out, ignore_errors=True)
-                out.mkdir(parents=True)
-                stats = run_stage(mode, stage, src, out, args.batch, workers if mode == "streaming" else None,
-                                  source if mode == "baseline" else None)
-                stats["workers"] = workers if mode == "streaming" and stage != "raw" else 1
-                # The stage's process is one of its `workers` (`parallel.ordered_map`): workers - 1 spawned ones.
-                stats["total_rss_mb"] = stats["peak_rss_mb"] + (stats["workers"] - 1) * stats["worker_rss_mb"]
-                results.append({"n": n, "mode": mode, "stage": stage, **stats})
-                r = results[-1]
-                print(f"  {n:>7} {mode:<9} {stage:<9} in {r['in']:>7} out {r['out']:>7} "
-                      f"{r['seconds']:8.1f} s {r['in'] / r['seconds']:9.1f} threads/s "
-                      f"{r['total_rss_mb']:8.1f} MiB", flush=True)
+                runs = []
+                for _ in range(max(1, args.repeat)):
+                    shutil.rmtree(out, ignore_errors=True)
+                    out.mkdir(parents=True)
+                    stats = run_stage(mode, stage, src, out, args.batch, workers if mode == "streaming" else None,
+                                      source if mode == "baseline" else None)
+                    stats["workers"] = workers if mode == "streaming" and stage != "raw" else 1
+                    # The stage's process is one of its `workers` (`parallel.ordered_map`): workers - 1 spawned ones.
+                    stats["total_rss_mb"] = stats["peak_rss_mb"] + (stats["workers"] - 1) * stats["worker_rss_mb"]
+                    runs.append(stats)
+                    print(f"  {n:>7} {mode:<9} {stage:<9} in {stats['in']:>7} out {stats['out']:>7} "
+                          f"{stats['seconds']:8.1f} s {stats['in'] / stats['seconds']:9.1f} threads/s "
+                          f"{stats['total_rss_mb']:8.1f} MiB", flush=True)
+                # The median run's numbers, the largest peak RSS of all runs.
+                median = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+                results.append({"n": n, "mode": mode, "stage": stage, **median,
+                                "total_rss_mb": max(r["total_rss_mb"] for r in runs),
+                                "all_seconds": [round(r["seconds"], 2) for r in runs]})
                 src = out / ("threads.parquet" if stage != "augmented" else "samples.parquet")
 
         # --jobs 2 runs the modes side by side (one single-threaded child process each; a 2-core machine
@@ -308,14 +318,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def speedups(results: list[dict], sizes: list[int]) -> str:
     by = {(r["n"], r["mode"], r["stage"]): r for r in results}
-    lines = ["| threads | stage | baseline threads/s | streaming threads/s (workers) | speed-up |",
-             "|---:|---|---:|---:|---:|"]
+    lines = ["| threads | stage | baseline threads/s | streaming threads/s (workers) | speed-up | seconds per run: "
+             "baseline / streaming |", "|---:|---|---:|---:|---:|---|"]
     for n in sizes:
         for stage in STAGES:
             old, new = by[(n, "baseline", stage)], by[(n, "streaming", stage)]
             old_rate, new_rate = old["in"] / old["seconds"], new["in"] / new["seconds"]
+            runs = " / ".join(", ".join(f"{t:.1f}" for t in r["all_seconds"]) for r in (old, new))
             lines.append(f"| {n} | {stage} | {old_rate:.0f} | {new_rate:.0f} ({new['workers']}) | "
-                         f"{new_rate / old_rate:.2f}x |")
+                         f"{new_rate / old_rate:.2f}x | {runs} |")
     return "\n".join(lines)
 
 
