@@ -18,8 +18,10 @@ The stages merge the results with `lib.parquet.ArrowBatchWriter` (Arrow tables i
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import pickle
+import sys
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import field
@@ -101,7 +103,30 @@ _JOB: Callable | None = None
 
 def _start_worker(job: Callable) -> None:
     global _JOB
+    _skip_pandas_probe()
     _JOB = job
+
+
+class _RefusePandas(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas":
+            raise ModuleNotFoundError("pandas is not imported in a data-stage worker", name=name)
+        return None
+
+
+def _skip_pandas_probe() -> None:
+    """pyarrow imports pandas (0.2-0.4 s) the first time it turns Python objects into an array, only to ask whether
+    they are pandas objects, and keeps the answer; nothing in a data-stage worker uses pandas. The import is refused
+    for that one question, so pyarrow converts as it does where pandas is not installed (anything that asks for
+    pandas later imports it as usual)."""
+    if "pandas" in sys.modules:
+        return
+    refuse = _RefusePandas()
+    sys.meta_path.insert(0, refuse)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(refuse)
 
 
 def _run_in_worker(item: Any) -> Any:
