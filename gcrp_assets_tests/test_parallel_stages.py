@@ -200,6 +200,36 @@ def test_only_texts_the_handle_pattern_ran_on_can_leak():
     assert scrubber.scrub("so, Night  Owl said", None, may_leak) == "so, Night Owl said" and may_leak
 
 
+def test_tidy_text_skips_only_steps_that_change_nothing():
+    """`split_ooc(…, tidy=True)` and `scrub(…, tidy=True)` on what `clean_thread` hands them (`to_text`'s output, maybe
+    less a name header line) give what the full tidying gives: posts and sheets of the benchmark corpus and random
+    texts of OOC remarks, mentions, handles, brackets, spaces and markup."""
+    from gcrp_assets.lib.clean.ooc import split_ooc
+
+    scrubber = HandleScrubber(["nightowl_77", "Kat", "night owl"], protected_names=["Mira"])
+    raws = [p["text"] for t in sample_threads() for p in t["posts"]] + [
+        c["sheet"] for t in sample_threads() for c in t["characters"] if c.get("sheet")]
+    pieces = ["((brb))", "[[sorry]]", "(OOC: x)", "[OOC - y]", "OOC: later", "She left. OOC: brb", "@nightowl_77 go!",
+              "@Kat", "nightowl_77,", "Kat:", "Night  Owl", " , ", "( )", "[ ]", "x ,)", "a ;]", "(brb, @Kat)", "[b]",
+              "[/b]", "<p>a</p>", "<br>", "\n", "\n\n\n", "  ", "\t", ".", " !", "?", "word", "RE: hi\n", "\n-- sig",
+              "bob@kat.com", "**Mira:**\n", "Mira", "“", "—", "&amp;", "\u00a0"]
+    rng = random.Random(9)
+    raws += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 14))) for _ in range(3000)]
+    differed = 0
+    for raw in raws:
+        text = markup.to_text(raw)
+        for tidy_text in (text, text[text.index("\n") + 1:].lstrip() if "\n" in text else text):
+            full = split_ooc(tidy_text)
+            assert split_ooc(tidy_text, tidy=True) == full, repr(tidy_text)
+            leaks_full: list[str] = []
+            leaks_tidy: list[str] = []
+            body = scrubber.scrub(full.text, {"Kat": "Mira Vell"}, leaks_full)
+            assert scrubber.scrub(full.text, {"Kat": "Mira Vell"}, leaks_tidy, tidy=True) == body, repr(full.text)
+            assert leaks_tidy == leaks_full
+            differed += body != full.text or full.text != tidy_text
+    assert differed > 500  # the steps did change many of them
+
+
 def test_signatures_signed_elsewhere_resolve_the_same():
     config = DedupConfig()
     texts = ["the quick brown fox jumps over the lazy dog " * 3, "the quick brown fox jumps over the lazy dog " * 3,

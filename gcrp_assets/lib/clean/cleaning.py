@@ -167,7 +167,7 @@ def clean_thread(thread: dict, scrubber: HandleScrubber, options: CleaningOption
         if options.authors_are_characters and not character_field:
             character_field = _name(post.get("author"))
         who = attribute(post.get("author") or "", character_field, text, characters_by_player)
-        ooc = split_ooc(who.text)
+        ooc = split_ooc(who.text, tidy=True)  # to_text's output, maybe less a name header: tidy
         counts["n_ooc_remarks"] += len(ooc.remarks)
         counts["n_posts_with_ooc"] += bool(ooc.remarks)
         ooc_turn = None
@@ -178,7 +178,7 @@ def clean_thread(thread: dict, scrubber: HandleScrubber, options: CleaningOption
         if ooc.remarks and options.ooc_policy == "drop_post":
             counts["n_ooc_posts"] += 1
             continue
-        body = scrubber.scrub(ooc.text, character_of, may_leak)
+        body = scrubber.scrub(ooc.text, character_of, may_leak, tidy=True)
         if len(body) < min_chars:
             if ooc.remarks:
                 counts["n_ooc_posts"] += 1

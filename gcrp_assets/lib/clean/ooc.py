@@ -55,7 +55,10 @@ class OocSplit:
         return bool(self.remarks) and not self.text
 
 
-def split_ooc(text: str) -> OocSplit:
+def split_ooc(text: str, tidy: bool = False) -> OocSplit:
+    """The OOC remarks out of `text`. With `tidy` the caller vouches that `text` is tidy, as `markup.to_text` writes
+    it (single spaces, no tabs, stripped lines, at most one blank line, no control characters): when no remark is
+    taken out, only spaces before punctuation can change."""
     remarks: list[str] = []
 
     def take(match: re.Match[str]) -> str:
@@ -82,6 +85,8 @@ def split_ooc(text: str) -> OocSplit:
         cleaned = _TAIL.sub(take, cleaned)
     if "@" in text:
         cleaned = _TAG_LINE.sub(take_tag, cleaned)
+    if tidy and not remarks:  # nothing taken out (every replacement records a remark): the text is as it came
+        return OocSplit(drop_space_before_punctuation(text), [])
     if "  " in cleaned or "\t" in cleaned:
         cleaned = _SPACES.sub(" ", cleaned)
     cleaned = drop_space_before_punctuation(cleaned)

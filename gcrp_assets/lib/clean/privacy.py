@@ -63,7 +63,7 @@ def strip_reply_headers_and_signatures(text: str) -> str:
         start += 1
     while end > start and (not lines[end - 1].strip() or _is_signature(lines[end - 1])):
         end -= 1
-    return "\n".join(lines[start:end])
+    return text if start == 0 and end == len(lines) else "\n".join(lines[start:end])
 
 
 # ASCII text to its words (maximal runs of `\w` characters), lower-cased, as bytes: one C-level translate and split.
@@ -183,7 +183,7 @@ class HandleScrubber:
         return self._pattern_in(text) is not None
 
     def scrub(self, text: str, character_of: dict[str, str] | None = None,
-              may_leak: list[str] | None = None) -> str:
+              may_leak: list[str] | None = None, tidy: bool = False) -> str:
         """`text` without handles, @-mentions, e-mail addresses, reply headers and signatures.
 
         `may_leak`, when given, receives the result if the handle pattern ran on the text: only such a result can
@@ -191,7 +191,12 @@ class HandleScrubber:
         goes). A text that the pattern did not need to run on holds none of the handles' key words, and the
         steps after the pattern only delete characters that stand next to a non-word character (mentions,
         spaces, commas before a bracket), which never joins or cuts a word: the result holds no key word either,
-        so no handle (`_facts` checks only the results in `may_leak`)."""
+        so no handle (`_facts` checks only the results in `may_leak`).
+
+        With `tidy` the caller vouches that `text` is as `ooc.split_ooc` leaves tidy text (single spaces, no tabs,
+        no space before punctuation, stripped lines, at most one blank line): when nothing else changes it, the
+        tidying steps are skipped but for the one before closing brackets."""
+        original = text
         text = strip_reply_headers_and_signatures(text)
         if "@" in text:
             text = _EMAIL.sub("", text)
@@ -209,13 +214,18 @@ class HandleScrubber:
             text = pattern.sub(replace, text)
         if "@" in text:
             text = _MENTION.sub("", text)
-        if "  " in text or "\t" in text:
-            text = _DOUBLE_SPACE.sub(" ", text)
-        text = drop_space_before_punctuation(text)
-        if ")" in text or "]" in text:
-            text = _BEFORE_CLOSING.sub("", text)  # "(brb, @handle)" -> "(brb)"
-        joined = "\n".join([line.strip() for line in text.split("\n")])
-        text = (_MANY_NEWLINES.sub("\n\n", joined) if "\n\n\n" in joined else joined).strip()
+        if tidy and text == original:
+            # Removing spaces before a closing bracket adds no space, tab or line break: the text stays tidy.
+            if ")" in text or "]" in text:
+                text = _BEFORE_CLOSING.sub("", text)
+        else:
+            if "  " in text or "\t" in text:
+                text = _DOUBLE_SPACE.sub(" ", text)
+            text = drop_space_before_punctuation(text)
+            if ")" in text or "]" in text:
+                text = _BEFORE_CLOSING.sub("", text)  # "(brb, @handle)" -> "(brb)"
+            joined = "\n".join([line.strip() for line in text.split("\n")])
+            text = (_MANY_NEWLINES.sub("\n\n", joined) if "\n\n\n" in joined else joined).strip()
         if pattern is not None and may_leak is not None:
             may_leak.append(text)
         return text
