@@ -164,7 +164,8 @@ def build_samples(thread: dict, sheet_template: SheetTemplate, system_template: 
     sheets = {c["name"]: sheet_rewriter(c["name"], c.get("sheet"), sheet_template) for c in thread["characters"]}
     speakers = speaking_characters(thread)
     for name in speakers:  # a speaker without an entry in characters[] still gets a (name-only) sheet
-        sheets.setdefault(name, sheet_rewriter(name, None, sheet_template))
+        if name not in sheets:
+            sheets[name] = sheet_rewriter(name, None, sheet_template)
     key = thread_key(thread["dump"], thread["thread_id"])
     chosen = choose_user_characters(thread, options.user_character, options.max_variants, options.seed)
     human = marked_human(thread)

@@ -46,6 +46,12 @@ _WORD = re.compile(r"[^\W_]+")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 _MAX_ITEM_WORDS = 8
 _LABELLED = re.compile(r"^[A-Z][A-Za-z /'&()-]{0,40}:\s")
+_PLURAL_MARK = re.compile(r"\((?:s|es)\)")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+_BLANK_LINE = re.compile(r"\n\s*\n")
+_ITEM_SEPARATOR = re.compile(r"[;,]")
+# Labels repeat from sheet to sheet ("Age", "Name"): each template maps a label to its field once, up to this many.
+_MAX_CACHED_LABELS = 4096
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,8 @@ class SheetField:
 
 def _label_key(label: str) -> str:
     key = label.casefold().replace("_", " ").replace("*", "")
-    key = re.sub(r"\((?:s|es)\)", "", key)
+    if "(" in key:
+        key = _PLURAL_MARK.sub("", key)
     return " ".join(key.replace(":", " ").split())
 
 
@@ -66,6 +73,10 @@ class SheetTemplate:
     fields: tuple[SheetField, ...]
     other_field: str = "Other Information"
     name_field: str = "Character Name"
+
+    def __post_init__(self) -> None:
+        # Not a dataclass field: equality, hashing and repr stay the template's.
+        object.__setattr__(self, "_fields_by_label", {})
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "SheetTemplate":
@@ -78,6 +89,15 @@ class SheetTemplate:
                    name_field=spec.get("name_field", "Character Name"))
 
     def field_for(self, label: str) -> SheetField | None:
+        known = self._fields_by_label
+        if label in known:
+            return known[label]
+        found = self._find_field(label)
+        if len(known) < _MAX_CACHED_LABELS:
+            known[label] = found
+        return found
+
+    def _find_field(self, label: str) -> SheetField | None:
         key = _label_key(label)
         if not key:
             return None
@@ -101,7 +121,8 @@ class _Section:
     lines: list[str] = dc_field(default_factory=list)
 
     def text(self) -> str:
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(self.lines)).strip()
+        joined = "\n".join(self.lines)
+        return (_MANY_NEWLINES.sub("\n\n", joined) if "\n\n\n" in joined else joined).strip()
 
 
 def _is_unknown_label(label: str) -> bool:
@@ -190,13 +211,13 @@ def parse_sheet(text: str, template: SheetTemplate, name: str | None = None) -> 
                 other.append(f"{section.label}: {value}")  # says more than the display name: kept
             continue
         if section.field == template.other_field:
-            other.extend(p.strip() for p in re.split(r"\n\s*\n", value) if p.strip())
+            other.extend(p.strip() for p in _BLANK_LINE.split(value) if p.strip())
             continue
         if section.field is None:
             if section.label is None:
                 # Text outside any labelled section: a quote or title above a labelled sheet (one entry
                 # per line), or a whole prose sheet (one entry per paragraph, kept as written).
-                pieces = value.split("\n") if labelled else re.split(r"\n\s*\n", value)
+                pieces = value.split("\n") if labelled else _BLANK_LINE.split(value)
                 other.extend(p.strip() for p in pieces if p.strip() and not _only_the_name(p, name))
             elif section.label:
                 other.append(_other_entry(section, value))
@@ -224,9 +245,9 @@ def parse_sheet(text: str, template: SheetTemplate, name: str | None = None) -> 
 
 def _split_items(line: str) -> list[str] | None:
     """`knife, lighter; radio` -> three items; None when the line reads as prose."""
-    if _SENTENCE_END.search(line.rstrip(".")) or len(line) > 200 or not re.search(r"[,;]", line):
+    if _SENTENCE_END.search(line.rstrip(".")) or len(line) > 200 or not ("," in line or ";" in line):
         return None
-    parts = [p.strip() for p in re.split(r"[;,]", line.rstrip(".")) if p.strip()]
+    parts = [p.strip() for p in _ITEM_SEPARATOR.split(line.rstrip(".")) if p.strip()]
     if len(parts) < 2 or any(len(p.split()) > _MAX_ITEM_WORDS for p in parts):
         return None
     return parts
