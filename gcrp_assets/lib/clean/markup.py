@@ -366,7 +366,12 @@ def normalize_whitespace(text: str) -> str:
     else:
         spaced = text
     joined = "\n".join([line.strip() for line in spaced.split("\n")])
-    return (_MANY_NEWLINES.sub("\n\n", joined) if "\n\n\n" in joined else joined).strip()
+    return collapse_blank_lines(joined).strip()
+
+
+def collapse_blank_lines(text: str) -> str:
+    """At most one blank line in a row (for text whose lines are already stripped)."""
+    return _MANY_NEWLINES.sub("\n\n", text) if "\n\n\n" in text else text
 
 
 def _unglue(pattern: re.Pattern[str], text: str) -> str:

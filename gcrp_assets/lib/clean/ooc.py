@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gcrp_assets.lib.clean.markup import drop_space_before_punctuation
+from gcrp_assets.lib.clean.markup import collapse_blank_lines, drop_space_before_punctuation
 
 OOC_POLICIES = ("strip", "keep", "drop_post")
 
@@ -34,7 +34,6 @@ _TAIL = re.compile(r"(?<=[.!?\"”*)])[ \t]+(?:\*\*)?OOC(?:\*\*)?\s*:.*$", re.M)
 # "@handle your move!" -- a short line that only pings the next player.
 _TAG_LINE = re.compile(r"^[ \t]*@[^\s@]+[^\n\"“”]*$", re.M)
 _TAG_LINE_MAX_WORDS = 8
-_MANY_NEWLINES = re.compile(r"\n{3,}")
 _GONE = "\x00"
 _SPACES = re.compile(r"[ \t]{2,}")
 _WRAPPERS = [
@@ -92,9 +91,7 @@ def split_ooc(text: str, tidy: bool = False) -> OocSplit:
     cleaned = drop_space_before_punctuation(cleaned)
     lines = [line.strip() for line in cleaned.split("\n") if line.strip() != _GONE]
     cleaned = "\n".join(lines)
-    if "\n\n\n" in cleaned:
-        cleaned = _MANY_NEWLINES.sub("\n\n", cleaned)
-    cleaned = cleaned.strip()
+    cleaned = collapse_blank_lines(cleaned).strip()
     return OocSplit(cleaned, [r for r in remarks if r])
 
 

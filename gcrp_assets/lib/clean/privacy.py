@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from gcrp_assets.lib.clean.markup import drop_space_before_punctuation
+from gcrp_assets.lib.clean.markup import collapse_blank_lines, drop_space_before_punctuation
 
 # Whole lines, with their newline, so no blank line is left where they stood.
 _RE_LINE = re.compile(r"^[ \t]*(?:\*\*)?RE\s*:.*$", re.I)
@@ -24,7 +24,6 @@ _SENT_FROM = re.compile(r"^[ \t]*[~\-]*[ \t]*(?:sent|posted) from my [^\"“”]
 _SIGNATURE_MAX_WORDS = 12
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 _MENTION = re.compile(r"(?<![\w@])@[A-Za-z0-9_][\w.&'-]*(?<![.'-])([ \t]*[,:])?")
-_MANY_NEWLINES = re.compile(r"\n{3,}")
 _DOUBLE_SPACE = re.compile(r"[ \t]{2,}")
 _BEFORE_CLOSING = re.compile(r"[ \t]*[,;]?[ \t]+(?=[)\]])|[,;](?=[)\]])")
 
@@ -225,7 +224,7 @@ class HandleScrubber:
             if ")" in text or "]" in text:
                 text = _BEFORE_CLOSING.sub("", text)  # "(brb, @handle)" -> "(brb)"
             joined = "\n".join([line.strip() for line in text.split("\n")])
-            text = (_MANY_NEWLINES.sub("\n\n", joined) if "\n\n\n" in joined else joined).strip()
+            text = collapse_blank_lines(joined).strip()
         if pattern is not None and may_leak is not None:
             may_leak.append(text)
         return text

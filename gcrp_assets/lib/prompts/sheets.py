@@ -35,6 +35,8 @@ from typing import Callable
 
 import yaml
 
+from gcrp_assets.lib.clean.markup import collapse_blank_lines
+
 _LABEL_LINE = re.compile(
     r"^\s*(?P<bullet>[-*•]\s+)?(?:\*\*|__)?\s*(?P<label>[A-Za-z][A-Za-z /'&()-]{0,40}?)\s*"
     r"(?::\s*(?:\*\*|__)|(?:\*\*|__)\s*:|:|(?:\*\*|__)\s+-|\s+-\s+|\s*\|)\s*(?P<value>.*)$"
@@ -47,7 +49,6 @@ _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 _MAX_ITEM_WORDS = 8
 _LABELLED = re.compile(r"^[A-Z][A-Za-z /'&()-]{0,40}:\s")
 _PLURAL_MARK = re.compile(r"\((?:s|es)\)")
-_MANY_NEWLINES = re.compile(r"\n{3,}")
 _BLANK_LINE = re.compile(r"\n\s*\n")
 _ITEM_SEPARATOR = re.compile(r"[;,]")
 # Labels repeat from sheet to sheet ("Age", "Name"): each template maps a label to its field once, up to this many.
@@ -121,8 +122,7 @@ class _Section:
     lines: list[str] = dc_field(default_factory=list)
 
     def text(self) -> str:
-        joined = "\n".join(self.lines)
-        return (_MANY_NEWLINES.sub("\n\n", joined) if "\n\n\n" in joined else joined).strip()
+        return collapse_blank_lines("\n".join(self.lines)).strip()
 
 
 def _is_unknown_label(label: str) -> bool:
