@@ -275,7 +275,7 @@ def test_markup_gates_change_nothing():
     marks = ["*", "**", "***", "a", "é", "漢", "1", "_", " ", "\n", ".", "smiles", "²", "\u3000", "-"]
     prose = ["door", "door.", "now!?", "?", "Then", "Then", "T", "he", "I", "A", "x", " ", "\t", "\n", "(", ")", "[",
              "]", "<", ">", "É", "é", ",", ";", ":"]
-    for _ in range(4000):
+    for _ in range(6000):
         text = "".join(rng.choice(tags) for _ in range(rng.randint(1, 12)))
         assert markup.bbcode_to_html(text) == ungated_bbcode(text), text
         assert markup.looks_like_markup(text) == bool(markup._HTML_TAG.search(text) or markup._BBCODE_TAG.search(text))
@@ -290,7 +290,7 @@ def test_markup_gates_change_nothing():
         changed["brackets"] += six_tests_bracket_gate(text) != text
         assert markup.drop_space_before_punctuation(text) == markup._SPACE_BEFORE_PUNCT.sub("", text), text
         changed["punctuation"] += markup._SPACE_BEFORE_PUNCT.sub("", text) != text
-    assert min(changed.values()) > 50, changed  # the rules did work on many of them
+    assert min(changed.values()) > 100, changed  # the rules did work on many of them
     controls = [chr(c) for c in range(0x20)] + ["\x7f", "\x80", "\x85", "é", "\u2028", "\ud800", "a", " ",
                                                  "\U0001F600"]
     for _ in range(3000):

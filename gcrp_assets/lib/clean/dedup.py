@@ -41,13 +41,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from gcrp_assets.lib.clean.privacy import ASCII_WORD_BYTES
+
 _WORDS = re.compile(r"\w+")
 # The non-ASCII characters of ordinary English text (curly quotes, ellipsis, dashes, no-break space): none is a word
 # character and casefolding leaves each as it is, so a casefolded text whose only non-ASCII characters are these
 # has the same words with them read as spaces (`casefolded_words`; `test_dedup` checks both properties).
 _NON_WORD_PUNCTUATION = "\u2019\u2018\u201c\u201d\u2026\u2013\u2014\xa0"
-# ASCII byte -> itself when it is a word character (`\w`: letters, digits, `_`), else a space.
-_ASCII_WORD_BYTES = bytes(c if c < 128 and (chr(c).isalnum() or c == ord("_")) else ord(" ") for c in range(256))
 _CHUNK = 4096
 
 
@@ -115,7 +115,8 @@ def casefolded_words(text: str) -> list[str]:
             folded = folded.replace(ch, " ")
         if not folded.isascii():
             return _WORDS.findall(folded)
-    return folded.encode("ascii").translate(_ASCII_WORD_BYTES).decode("ascii").split()
+    # (the table also lower-cases, which casefolded ASCII already is)
+    return folded.encode("ascii").translate(ASCII_WORD_BYTES).decode("ascii").split()
 
 
 def normalize(text: str) -> str:

@@ -66,8 +66,8 @@ def strip_reply_headers_and_signatures(text: str) -> str:
 
 
 # ASCII text to its words (maximal runs of `\w` characters), lower-cased, as bytes: one C-level translate and split.
-_ASCII_WORD_BYTES = bytes(c if c < 128 and (chr(c).isalnum() or c == ord("_")) else ord(" ")
-                          for c in range(256)).lower()
+ASCII_WORD_BYTES = bytes(c if c < 128 and (chr(c).isalnum() or c == ord("_")) else ord(" ")
+                         for c in range(256)).lower()
 
 
 def _ascii_forms(handle: str) -> str | None:
@@ -112,7 +112,7 @@ def _key_words(handles: Iterable[str]) -> dict[bytes, list[str]] | None:
         form = _ascii_forms(handle.lower())  # the pattern's literal (`_trie_pattern` lower-cases)
         if form is None:
             continue  # no ASCII text can hold it
-        words = form.encode("ascii").translate(_ASCII_WORD_BYTES).split()
+        words = form.encode("ascii").translate(ASCII_WORD_BYTES).split()
         if not words:
             return None
         keys.setdefault(max(words, key=len), []).append(handle)
@@ -166,7 +166,7 @@ class HandleScrubber:
             view = text.encode("ascii", "replace")  # every other character becomes `?`, a separator
         else:
             return self._pattern
-        hits = self._keys.intersection(view.translate(_ASCII_WORD_BYTES).split())
+        hits = self._keys.intersection(view.translate(ASCII_WORD_BYTES).split())
         if not hits:
             return None
         pattern = self._subpatterns.get(hits)
@@ -213,16 +213,16 @@ class HandleScrubber:
             text = pattern.sub(replace, text)
         if "@" in text:
             text = _MENTION.sub("", text)
-        if tidy and text == original:
-            # Removing spaces before a closing bracket adds no space, tab or line break: the text stays tidy.
-            if ")" in text or "]" in text:
-                text = _BEFORE_CLOSING.sub("", text)
-        else:
+        # Tidy text that nothing above changed needs only the closing-bracket step (which adds no space, tab or
+        # line break, so the text stays tidy).
+        retidy = not tidy or text != original
+        if retidy:
             if "  " in text or "\t" in text:
                 text = _DOUBLE_SPACE.sub(" ", text)
             text = drop_space_before_punctuation(text)
-            if ")" in text or "]" in text:
-                text = _BEFORE_CLOSING.sub("", text)  # "(brb, @handle)" -> "(brb)"
+        if ")" in text or "]" in text:
+            text = _BEFORE_CLOSING.sub("", text)  # "(brb, @handle)" -> "(brb)"
+        if retidy:
             joined = "\n".join([line.strip() for line in text.split("\n")])
             text = collapse_blank_lines(joined).strip()
         if pattern is not None and may_leak is not None:
